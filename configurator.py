@@ -1,0 +1,120 @@
+"""
+Command-line configuration for nanolm's scripts, nanoGPT style, without argparse:
+
+    python train.py config/train_verdict.py --max_iters=2000 --arch=llama
+
+A script's config is its module-level globals. Arguments are applied left to right:
+a path ending in .py is a config file (plain Python that assigns some of those globals);
+--key=value sets one global, the value read as a Python literal (2000, 3e-4, True, 'x')
+and anything that is not a literal taken as a string (--device=cpu). A bare --flag sets a
+boolean to True. An unknown key or a value of the wrong type stops the script with one
+line that names it.
+
+Also here, because every script needs them: die() for one-line errors, and an exception
+hook that prints uncaught errors as one line (set NANOLM_DEBUG=1 or pass --debug for the
+full traceback).
+"""
+import ast
+import difflib
+import os
+import sys
+
+DEBUG = os.environ.get('NANOLM_DEBUG', '') not in ('', '0') or '--debug' in sys.argv
+
+
+class ConfigError(Exception):
+    """Bad user input: printed as one line, without a traceback."""
+
+
+def die(msg, code=1):
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _excepthook(etype, err, tb):
+    if DEBUG:
+        return sys.__excepthook__(etype, err, tb)
+    if issubclass(etype, KeyboardInterrupt):
+        print("\ninterrupted", file=sys.stderr)
+        return
+    if issubclass(etype, (ConfigError, ValueError, OSError)):
+        print(f"error: {err}", file=sys.stderr)
+    else:  # a bug, or something we did not foresee: still one line, with the way to see more
+        print(f"error: {etype.__name__}: {err} (rerun with NANOLM_DEBUG=1 for the traceback)", file=sys.stderr)
+
+
+def install_error_hook():
+    sys.excepthook = _excepthook
+
+
+def _parse_value(key, raw, default):
+    """Turn the text after --key= into a value of the default's type, or raise ConfigError."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # not a Python literal: a plain string such as cpu or config/x.py
+    if isinstance(default, bool) and isinstance(value, str) and value.lower() in ('true', 'false'):
+        value = value.lower() == 'true'
+    if default is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        return raw  # --out_dir=2024 means the string '2024'
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    raise ConfigError(f"--{key}={raw}: expected {type(default).__name__} (like {default!r}), got {type(value).__name__}")
+
+
+def _unknown(key, known):
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; the keys are listed at the top of the script")
+
+
+def apply_config(config, args):
+    """Update the dict `config` (name -> default value) in place from command-line args."""
+    for arg in args:
+        if arg == '--debug':
+            continue
+        if not arg.startswith('--'):
+            if not arg.endswith('.py'):
+                raise ConfigError(f"argument '{arg}' is neither a config file (.py) nor --key=value")
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file '{arg}' not found (configs live in config/, e.g. config/train_verdict.py)")
+            scope = {}
+            try:
+                with open(arg, encoding='utf-8') as f:
+                    exec(compile(f.read(), arg, 'exec'), scope)
+            except Exception as e:
+                raise ConfigError(f"config file '{arg}' failed: {type(e).__name__}: {e}") from e
+            for key, value in scope.items():
+                if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
+                    continue  # imports and helpers inside a config file are not settings
+                if key not in config:
+                    raise _unknown(key, config)
+                config[key] = _parse_value(key, repr(value), config[key])
+            continue
+        key, eq, raw = arg[2:].partition('=')
+        if key not in config:
+            raise _unknown(key, config)
+        if not eq:
+            if not isinstance(config[key], bool):
+                raise ConfigError(f"--{key} needs a value: --{key}=...")
+            raw = 'True'
+        config[key] = _parse_value(key, raw, config[key])
+    return config
+
+
+def configure(scope, args=None):
+    """Apply sys.argv to a script's globals. Settings are the globals of plain types defined
+    before this call; returns {name: value} of them, for printing and for checkpoints."""
+    install_error_hook()
+    keys = [k for k, v in scope.items() if not k.startswith('_') and isinstance(v, (bool, int, float, str, tuple, type(None)))]
+    config = {k: scope[k] for k in keys}
+    try:
+        apply_config(config, sys.argv[1:] if args is None else args)
+    except ConfigError as e:
+        die(str(e))
+    scope.update(config)
+    return config

@@ -1,0 +1,414 @@
+"""
+Pretrain a GPT-2- or LLaMA-style model. One process:
+
+    python train.py config/train_verdict.py --max_iters=2000
+
+Several GPUs (or CPU processes, with gloo) on one machine:
+
+    torchrun --standalone --nproc_per_node=4 train.py config/train_verdict.py
+
+Resume a stopped run (Ctrl-C, SIGTERM, a crash, or a finished run with more --max_iters):
+
+    python train.py config/train_verdict.py --init_from=resume
+
+Every global below is a setting: change it in a config/*.py file or with --key=value.
+"""
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import tokenizer
+from configurator import configure, die
+from model import GPT, ModelConfig, make_config, measure_cpu_flops, save_checkpoint, load_checkpoint
+from dataclasses import asdict
+
+# ----------------------------------------------------------------------------- settings
+# run
+out_dir = 'out'
+init_from = 'scratch'     # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+overwrite = False         # allow a scratch run to replace the run already in out_dir
+seed = 1337
+# data: data/<dataset>/{train,val}.bin and meta.json, made by prepare.py
+dataset = 'verdict'
+data_dir = 'data'
+batch_size = 8            # sequences per micro-step
+block_size = 128          # tokens per sequence (context length)
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all processes
+# model (see model.py; None = take it from the arch preset)
+arch = 'gpt2'             # 'gpt2' or 'llama'
+n_layer = 4
+n_head = 4
+n_kv_head = 0             # 0 = n_head; fewer for grouped-query attention
+n_embd = 128
+ffn_hidden = 0            # 0 = the family's default width
+dropout = 0.0
+norm = None               # 'layernorm' | 'rmsnorm'
+pos_emb = None            # 'learned' | 'rope'
+mlp = None                # 'gelu' | 'swiglu'
+bias = None
+tie_embeddings = None
+rope_theta = 10000.0
+# optimizer: AdamW with a linear warmup, then a cosine decay down to min_lr
+learning_rate = 1e-3
+min_lr = 1e-4
+max_iters = 2000
+warmup_iters = 100
+lr_decay_iters = 0        # 0 = max_iters
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0           # 0 = off
+skip_nonfinite = False    # skip (and count) steps whose loss is NaN/inf instead of stopping
+# eval, logging, checkpoints
+eval_interval = 250
+eval_iters = 20           # batches per split per eval
+log_interval = 10
+keep_last_n = 1           # keep this many latest checkpoints (ckpt.pt plus ckpt_<iter>.pt); best.pt always
+sample_prompt = '\n'      # text for the short sample printed at the end ('' = no sample)
+sample_tokens = 200
+# system
+device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4), float32 on CPU/MPS
+compile = False           # torch.compile the model (faster on recent GPUs; slow to start)
+peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
+config = configure(globals())
+# ----------------------------------------------------------------------------- setup
+
+ddp = 'RANK' in os.environ  # launched by torchrun
+rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 0, 1)
+master = rank == 0
+say = print if master else (lambda *a, **k: None)
+
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+if ddp and device.startswith('cuda'):
+    device = f'cuda:{local_rank}'
+device_type = device.split(':')[0]
+if device_type == 'cuda' and not torch.cuda.is_available():
+    die(f"device={device} but this torch has no CUDA; use --device=cpu")
+if dtype == 'auto':
+    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
+if dtype == 'float16' and device_type != 'cuda':
+    die("dtype=float16 needs a CUDA GPU (it relies on GradScaler); use bfloat16 or float32 here")
+if ddp:
+    dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
+    if device_type == 'cuda':
+        torch.cuda.set_device(device)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
+    torch.backends.cudnn.allow_tf32 = True
+ptdtype = getattr(torch, dtype)
+autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+# fp16 gradients underflow without loss scaling; bf16 and fp32 need none (enabled=False is a no-op).
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+
+# accumulation is split over processes: the same tokens per optimizer step whatever the world size
+accum = max(1, gradient_accumulation_steps // world)
+if accum * world != gradient_accumulation_steps:
+    say(f"note: gradient_accumulation_steps={gradient_accumulation_steps} over {world} processes -> {accum} each ({accum * world} in all)")
+tokens_per_iter = accum * world * batch_size * block_size
+
+# ----------------------------------------------------------------------------- data
+ds_dir = os.path.join(data_dir, dataset)
+if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
+    import prepare
+    if dataset not in prepare.KNOWN:
+        die(f"dataset '{dataset}' not found in {ds_dir}/ (no meta.json); make it with: python prepare.py {dataset} --input=YOUR_TEXT_FILE")
+    if master:
+        print(f"{ds_dir}/ is not prepared yet; running: python prepare.py {dataset}")
+        prepare.prepare_known(dataset, out_dir=data_dir)
+    if ddp:
+        dist.barrier()
+tok, meta = tokenizer.from_meta(ds_dir)
+data = {}
+for split in ('train', 'val'):
+    path = os.path.join(ds_dir, f'{split}.bin')
+    if not os.path.exists(path):
+        die(f"{path} is missing; rerun: python prepare.py {dataset}")
+    data[split] = np.memmap(path, dtype=np.dtype(meta['dtype']), mode='r')
+    if len(data[split]) != meta[f'{split}_tokens']:
+        die(f"{path} holds {len(data[split]):,} tokens but meta.json says {meta[f'{split}_tokens']:,} (an interrupted copy?); rerun: python prepare.py {dataset}")
+    if len(data[split]) <= block_size:
+        die(f"{path} has {len(data[split]):,} tokens, not enough for one block of block_size={block_size}+1; "
+            f"use --block_size={max(8, len(data[split]) // 2)} or more data")
+
+
+def get_batch(split, gen):
+    """A random batch: x (B, T) tokens, y (B, T) the same shifted by one (the next tokens)."""
+    d = data[split]
+    ix = torch.randint(len(d) - block_size, (batch_size,), generator=gen)
+    x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------- model, optimizer, resume
+mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
+                   n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
+                   pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+iter_num, best_val, skipped = 0, float('inf'), 0
+torch.manual_seed(seed + rank)
+sampler = torch.Generator().manual_seed(seed + 1000 * rank)  # training batches: its state is saved
+tok_spec = tokenizer.portable_spec(ds_dir)
+ckpt = None
+if init_from == 'resume':
+    if not os.path.exists(ckpt_path):
+        die(f"nothing to resume: {ckpt_path} does not exist; start with --init_from=scratch")
+    ckpt = load_checkpoint(ckpt_path)
+    saved = ModelConfig.from_dict(ckpt['model_config'])
+    diff = [f"{k}: checkpoint {v!r}, now {getattr(mcfg, k)!r}" for k, v in asdict(saved).items() if getattr(mcfg, k) != v and k != 'dropout']
+    if diff:
+        die(f"{ckpt_path} does not match this config ({'; '.join(diff)}); resume with the run's own settings or use a new --out_dir")
+    if ckpt.get('tokenizer') != tok_spec:
+        die(f"{ckpt_path} was trained with another tokenizer than {ds_dir}/ uses; resume on the run's own dataset")
+    mcfg = saved
+    mcfg.dropout = dropout
+    old = ckpt['config']
+    changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate')
+               if k in old and old[k] != config[k]]
+    if ckpt.get('world_size', 1) != world:
+        changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (batches are drawn from new random streams)")
+    if changed:
+        say("resuming with changes: " + ", ".join(changed))
+elif init_from != 'scratch':
+    die(f"init_from={init_from!r} must be 'scratch' or 'resume'")
+elif os.path.exists(ckpt_path) and not overwrite:
+    die(f"{out_dir}/ already holds a run; resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to replace it")
+
+model = GPT(mcfg).to(device)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if ckpt is not None:
+    model.load_state_dict(ckpt['model'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    scaler.load_state_dict(ckpt['scaler'])
+    iter_num, best_val, skipped = ckpt['iter_num'], ckpt['best_val'], ckpt.get('skipped', 0)
+    rng = ckpt['rng']
+    random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
+    np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
+    if ckpt.get('world_size', 1) == world:
+        torch.set_rng_state(rng['torch'][rank])
+        sampler.set_state(rng['sampler'][rank])
+        if device_type == 'cuda' and rng.get('cuda'):
+            torch.cuda.set_rng_state(rng['cuda'][rank])
+    else:  # different world: fresh, but still deterministic, streams for the remaining steps
+        torch.manual_seed(seed + rank + iter_num)
+        sampler.manual_seed(seed + 1000 * rank + iter_num)
+    say(f"resuming from {ckpt_path} at iter {iter_num} (best val loss {best_val:.4f})")
+    del ckpt
+raw_model = model
+if compile:
+    say("compiling the model (takes a minute)...")
+    model = torch.compile(model)
+if ddp:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+if not peak_flops:
+    gpu_peaks = {'H100': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12, '3090': 71e12, 'T4': 65e12, 'V100': 125e12}
+    name = torch.cuda.get_device_name() if device_type == 'cuda' else ''
+    peak_flops = next((v for k, v in gpu_peaks.items() if k in name), 0.0) or measure_cpu_flops()
+
+
+def get_lr(it):
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    decay_end = lr_decay_iters or max_iters
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_end:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_end - warmup_iters)  # max(): warmup may equal the decay end
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches per split. The batches come from a generator reseeded
+    every time: every eval sees the same data (comparable numbers) and training's random
+    streams are left alone (exact resume)."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        gen = torch.Generator().manual_seed(seed + 7)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = get_batch(split, gen)
+            with autocast:
+                _, loss = model(x, y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def gather(obj):
+    """Every process's obj, as a list indexed by rank (just [obj] without DDP)."""
+    if not ddp:
+        return [obj]
+    objs = [None] * world
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def checkpoint(is_best=False):
+    """Save everything that decides the rest of the run, so a resumed run is the same run."""
+    rng = {'torch': gather(torch.get_rng_state()), 'sampler': gather(sampler.get_state()),
+           'cuda': gather(torch.cuda.get_rng_state()) if device_type == 'cuda' else [],
+           'python': (lambda s: (s[0], list(s[1]), s[2]))(random.getstate()),
+           'numpy': (lambda s: (s[0], torch.from_numpy(s[1].astype(np.int64)), *s[2:]))(np.random.get_state())}
+    if not master:
+        return
+    state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+             'model_config': asdict(mcfg), 'config': config, 'tokenizer': tok_spec, 'iter_num': iter_num,
+             'best_val': best_val, 'skipped': skipped, 'rng': rng, 'world_size': world}
+    save_checkpoint(state, out_dir, keep_last_n=keep_last_n, is_best=is_best)
+
+
+# The loss history: one JSON line per iteration (and per eval), trimmed on resume to where
+# the checkpoint was taken, so the file always describes exactly one run.
+log_path = os.path.join(out_dir, 'log.jsonl')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    kept = []
+    if iter_num > 0 and os.path.exists(log_path):
+        with open(log_path) as f:
+            kept = [line for line in f if json.loads(line)['iter'] < iter_num]
+    with open(log_path, 'w') as f:
+        f.writelines(kept)
+logf = open(log_path, 'a') if master else None
+
+
+def log(**row):
+    if master:
+        logf.write(json.dumps(row) + '\n')
+        logf.flush()
+
+
+# SIGINT (Ctrl-C) and SIGTERM (Kaggle, Slurm, docker stop) finish the current step, save, and exit.
+stop_signal = 0
+
+
+def on_signal(signum, frame):
+    global stop_signal
+    if stop_signal:  # a second Ctrl-C: stop now; the last checkpoint on disk is complete
+        raise KeyboardInterrupt
+    stop_signal = signum
+    say(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (again to quit at once)")
+
+
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+
+# ----------------------------------------------------------------------------- the loop
+say(f"config: {json.dumps(config)}")
+say(f"model: {arch}, {raw_model.num_params() / 1e6:.2f}M parameters | data: {ds_dir} {len(data['train']):,} train / "
+    f"{len(data['val']):,} val tokens | {tokens_per_iter:,} tokens/iter | {device} {dtype} x{world}")
+if iter_num >= max_iters:
+    say(f"the run in {out_dir}/ is already at iter {iter_num} >= max_iters={max_iters}; pass a larger --max_iters to train on")
+model.train()
+t_start = t0 = time.perf_counter()
+while iter_num < max_iters:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    if iter_num % eval_interval == 0 and iter_num > 0:
+        losses = estimate_loss()
+        say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+        is_best = losses['val'] < best_val
+        best_val = min(best_val, losses['val'])
+        checkpoint(is_best)
+        t0 = time.perf_counter()  # don't count eval and saving in this step's time
+
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum):
+        x, y = get_batch('train', sampler)
+        if ddp:  # all-reduce the gradients only on the last micro-step
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast:
+            _, loss = model(x, y)
+        scaler.scale(loss / accum).backward()
+        loss_sum += loss.detach() / accum
+    if ddp:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    loss_value = loss_sum.item()  # one sync per step; it also makes dt honest on GPU
+    if not math.isfinite(loss_value):
+        if not skip_nonfinite:
+            die(f"loss is {loss_value} at iter {iter_num}. Likely causes: learning_rate={learning_rate} too high, "
+                f"fp16 overflow (try dtype=bfloat16 or float32), or bad data. The last good checkpoint in {out_dir}/ is untouched; "
+                f"--skip_nonfinite=True skips such steps instead")
+        skipped += 1
+        say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    log(iter=iter_num, loss=loss_value, lr=lr)
+
+    t1 = time.perf_counter()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0:
+        mfu = raw_model.estimate_mfu(tokens_per_iter, dt, peak_flops)
+        eta = (max_iters - iter_num - 1) * dt
+        say(f"iter {iter_num}: loss {loss_value:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | {tokens_per_iter / dt:,.0f} tok/s | "
+            f"mfu {mfu * 100:.1f}% | eta {eta / 60:.1f} min")
+    iter_num += 1
+
+    stop = torch.tensor(stop_signal, device=device)
+    if ddp:  # all processes stop at the same step
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    if stop.item():
+        checkpoint()
+        say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: "
+            f"python {' '.join(sys.argv)} --init_from=resume".replace(' --init_from=resume --init_from=resume', ' --init_from=resume'))
+        sys.exit(128 + int(stop.item()))
+
+# ----------------------------------------------------------------------------- the end
+if iter_num == max_iters and init_from == 'scratch' or iter_num > 0:
+    losses = estimate_loss()
+    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} | {time.perf_counter() - t_start:.1f} s in all")
+    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+    is_best = losses['val'] < best_val
+    best_val = min(best_val, losses['val'])
+    checkpoint(is_best)
+if master:
+    logf.close()
+    rows = [json.loads(line) for line in open(log_path)]
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        plt.figure(figsize=(7, 4))
+        plt.plot([r['iter'] for r in rows if 'loss' in r], [r['loss'] for r in rows if 'loss' in r], lw=0.8, label='train (per step)')
+        ev = [r for r in rows if 'val_loss' in r]
+        plt.plot([r['iter'] for r in ev], [r['val_loss'] for r in ev], 'o-', label='val')
+        plt.xlabel('iter'), plt.ylabel('loss'), plt.legend(), plt.grid(alpha=0.3)
+        plt.savefig(os.path.join(out_dir, 'loss.png'), dpi=100, bbox_inches='tight')
+        say(f"loss history: {log_path}, plot: {out_dir}/loss.png")
+    except ImportError:
+        say(f"loss history: {log_path} (pip install matplotlib for a plot)")
+    if sample_prompt:
+        raw_model.eval()
+        idx = torch.tensor([tok.encode(sample_prompt) or [tok.eot]], device=device)
+        with torch.no_grad(), autocast:
+            out = raw_model.generate(idx, sample_tokens, temperature=0.8, top_k=200, generator=torch.Generator(device).manual_seed(seed))
+        say("sample:\n" + tok.decode(out[0].tolist()))
+if ddp:
+    dist.destroy_process_group()
