@@ -1,0 +1,341 @@
+"""
+Tokenizers for nanolm: tiktoken's (gpt2, cl100k_base, o200k_base), a character-level one,
+and a byte-level BPE that we train on our own corpus and then run through tiktoken.
+
+Train a BPE once and reuse it for several datasets:
+
+    python tokenizer.py --input 'corpus/**/*.txt' --vocab_size=8192 --out=tok/mytok
+    python prepare.py mydata --input more.jsonl --tokenizer=tok/mytok
+
+In code:
+
+    import tokenizer
+    tok, meta = tokenizer.from_meta('data/shakespeare_char')
+    ids = tok.encode('hello')            # ordinary text: never produces special ids
+    ids = tok.encode_special('<|im_start|>user\nhi<|im_end|>')   # chat specials allowed
+    text = tok.decode(ids)
+
+A tokenizer is described by a small JSON "spec" dict, stored in data/<name>/meta.json:
+    {"kind": "tiktoken", "name": "gpt2"}
+    {"kind": "char", "chars": "\\n !&',-.3:;?ABC..."}    # id i is chars[i]; eot = len(chars)
+    {"kind": "bpe", "name": ..., "pat_str": ..., "special": {...}, "ranks_file": "tokenizer.tiktoken"}
+portable_spec() inlines the ranks file ("ranks": its text) so a checkpoint can carry it.
+"""
+import base64
+import heapq
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import tiktoken
+
+EOT = '<|endoftext|>'
+SPECIALS = [EOT, '<|im_start|>', '<|im_end|>']  # reserved at the top of every bpe vocab
+
+# -----------------------------------------------------------------------------
+# The pre-split pattern. BPE never merges across the pieces this regex cuts text into.
+# Training splits with Python's `re`, encoding with tiktoken's Rust regex; the two must cut
+# identically, so we avoid \w, \s and \p{..} (their meaning differs between the engines and
+# Python's re has no \p{L}) and write every class as explicit code-point ranges. Code points
+# fall into five classes: SPACE, DIGIT, HAN (Chinese characters), PUNCT (punctuation,
+# symbols, emoji, controls) and "letter" = everything else. That last one is a
+# simplification: Greek, Cyrillic, Arabic, Devanagari (with its combining marks), kana,
+# hangul ... all count as letters, and so do a few rare symbols we did not list.
+# Ranges of ASCII use regex escapes (\x21); others are the literal characters.
+SPACE = r'\t\n\x0b\x0c\r\x20' + '\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000'
+HSPACE = r'\t\x0b\x0c\x20' + '\xa0\u1680\u2000-\u200a\u202f\u205f\u3000'  # SPACE minus line breaks
+DIGIT = r'0-9' + '\uff10-\uff19'  # ASCII and fullwidth digits
+HAN = '\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f'  # CJK ideographs
+PUNCT = (r'\x00-\x08\x0e-\x1f\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x84' +  # ASCII punct, controls
+         '\x86-\x9f\xa1-\xbf\xd7\xf7'  # C1 controls, Latin-1 punctuation, × ÷
+         '\u200b-\u200f\u2010-\u2027\u202a-\u202e\u2030-\u205e\u2060-\u2bff'  # punct, arrows, math..
+         '\u2e00-\u2e7f\u3001-\u303f'  # more punctuation, CJK punctuation 、。「」
+         '\ufe00-\ufe6f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufff0-\uffff'  # fullwidth ，
+         '\U0001f000-\U0001faff\U000e0000-\U000e007f\U000e0100-\U000e01ef')  # emoji, tags, selectors
+LETTER = f'[^{SPACE}{DIGIT}{HAN}{PUNCT}]'
+
+PAT = '|'.join([
+    r"'(?:[sdmtSDMT]|ll|ve|re|LL|VE|RE)",  # English contractions: 's 't 're 've 'm 'll 'd
+    f"[{HSPACE}{PUNCT}]?{LETTER}+",  # a word, with one leading space or punctuation mark
+    f"[{HAN}]+",  # a run of Chinese characters: BPE learns words like 明月 inside it
+    f"[{DIGIT}]{{1,3}}",  # numbers in groups of up to three digits
+    f"[{HSPACE}]?[{PUNCT}]+[\\r\\n]*",  # punctuation / emoji run, e.g. ' --' or '。\n'
+    f"[{SPACE}]*[\\r\\n]+",  # line breaks, with the spaces before them
+    f"[{SPACE}]+(?![^{SPACE}])",  # spaces, leaving the last one to the next word
+    f"[{SPACE}]+",
+])
+
+
+# -----------------------------------------------------------------------------
+# BPE training
+
+def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes=None, verbose=False):
+    """Learn byte-level BPE merges. texts: iterable of str. Returns ranks {token bytes: id},
+    ids 0..255 are the single bytes, then one id per merge in the order learned; n_special
+    ids are left free at the top for the special tokens. max_bytes: stop reading texts there.
+    1) split every text with pat_str and count the unique pieces (words);
+    2) repeatedly merge the most frequent adjacent pair, updating pair counts only in the
+       words that contain it (index pair -> words, and a lazy max-heap of counts)."""
+    n_merges = vocab_size - 256 - n_special
+    if n_merges < 0:
+        raise ValueError(f'vocab_size {vocab_size} is smaller than 256 bytes + {n_special} special tokens')
+    t0 = time.time()
+    split = re.compile(pat_str).findall
+    counts = Counter()
+    nbytes = 0
+    for text in texts:
+        counts.update(split(text))
+        nbytes += len(text)  # characters, a cheap stand-in for bytes
+        if max_bytes and nbytes >= max_bytes:
+            break
+    # words: list of lists of token ids; freq: how often each word occurs in the corpus
+    words, freq = [], []
+    for w, n in counts.items():
+        b = w.encode('utf-8', 'replace')
+        if len(b) > 1:  # a single byte has no pair to merge
+            words.append(list(b))
+            freq.append(n)
+    del counts
+    t1 = time.time()
+    stats = defaultdict(int)  # (a, b) -> number of times the pair occurs in the corpus
+    where = defaultdict(set)  # (a, b) -> indices of words that contain it (may be stale)
+    for i, w in enumerate(words):
+        f = freq[i]
+        for p in zip(w, w[1:]):
+            stats[p] += f
+            where[p].add(i)
+    heap = [(-c, p) for p, c in stats.items()]
+    heapq.heapify(heap)
+    tokens = [bytes([i]) for i in range(256)]  # id -> bytes
+    ranks = {t: i for i, t in enumerate(tokens)}
+    n_done = 0
+    while n_done < n_merges and heap:
+        negc, pair = heapq.heappop(heap)
+        c = stats.get(pair, 0)
+        if c != -negc:  # stale entry: the count dropped since it was pushed
+            if c > 0:
+                heapq.heappush(heap, (-c, pair))
+            continue
+        a, b = pair
+        merged = tokens[a] + tokens[b]
+        new = ranks.get(merged)
+        if new is None:  # (ab)c and a(bc) make the same bytes: keep one id for them
+            new = len(tokens)
+            tokens.append(merged)
+            ranks[merged] = new
+        n_done += 1
+        touched = set()  # pairs with the new token, whose counts went up
+        for i in where.pop(pair):
+            w, f = words[i], freq[i]
+            n, j, out = len(w), 0, []
+            # rewrite w into out, merging each a,b left to right; only the pairs at the
+            # edges of a merged occurrence change: (x,a) -> (x,new) and (b,y) -> (new,y)
+            while True:
+                try:
+                    k = w.index(a, j)  # the search runs in C
+                except ValueError:
+                    break
+                if k + 1 == n or w[k + 1] != b:
+                    out += w[j:k + 1]
+                    j = k + 1
+                    continue
+                out += w[j:k]
+                if out:  # left edge; out[-1] is new itself when the last merge was just before
+                    stats[w[k - 1], a] -= f
+                    p = (out[-1], new)
+                    stats[p] += f
+                    where[p].add(i)
+                    touched.add(p)
+                out.append(new)
+                j = k + 2
+                # right edge, unless another a,b starts there (its left edge covers it)
+                if j < n and not (j + 1 < n and w[j] == a and w[j + 1] == b):
+                    stats[b, w[j]] -= f
+                    p = (new, w[j])
+                    stats[p] += f
+                    where[p].add(i)
+                    touched.add(p)
+            if j == 0:
+                continue  # stale: this word no longer contains the pair
+            out += w[j:]
+            words[i] = out
+        del stats[pair]
+        for p in touched:
+            heapq.heappush(heap, (-stats[p], p))
+        if verbose and n_done % 1000 == 0:
+            print(f'\rmerges {n_done}/{n_merges}', end='', file=sys.stderr, flush=True)
+    if verbose:
+        print(f'\rcounted {len(words):,} unique words in {t1 - t0:.1f}s, '
+              f'{n_done} merges in {time.time() - t1:.1f}s', file=sys.stderr)
+    return ranks
+
+
+def ranks_to_text(ranks):
+    """tiktoken's .tiktoken format: one 'base64(token bytes) rank' a line, by rank."""
+    return ''.join(f'{base64.b64encode(t).decode()} {r}\n' for t, r in sorted(ranks.items(), key=lambda x: x[1]))
+
+
+def ranks_from_text(text):
+    ranks = {}
+    for line in text.splitlines():
+        if line.strip():
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    return ranks
+
+
+def bpe_spec(ranks, pat_str=PAT, name='nanolm-bpe'):
+    """A self-contained spec for a freshly trained BPE (ranks inlined)."""
+    n = len(ranks)
+    return {'kind': 'bpe', 'name': name, 'pat_str': pat_str,
+            'special': {s: n + i for i, s in enumerate(SPECIALS)}, 'ranks': ranks_to_text(ranks)}
+
+
+def save_bpe(spec, out_dir):
+    """Write a spec with inlined ranks as tokenizer.tiktoken (the ranks) and tokenizer.json
+    (the rest) into out_dir, each atomically. Returns the spec as stored (with ranks_file)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stored = {k: v for k, v in spec.items() if k != 'ranks'}
+    stored['ranks_file'] = 'tokenizer.tiktoken'
+    write_atomic(out_dir / 'tokenizer.tiktoken', spec['ranks'])
+    write_atomic(out_dir / 'tokenizer.json', json.dumps(stored, ensure_ascii=False, indent=1))
+    return stored
+
+
+def write_atomic(path, text):
+    tmp = Path(str(path) + '.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# Loading: spec -> tok with encode / encode_special / decode / n_vocab / eot / special
+
+def load(spec, base_dir=None):
+    kind = spec['kind']
+    if kind == 'tiktoken':
+        enc = tiktoken.get_encoding(spec['name'])
+        return _wrap_tiktoken(enc)
+    if kind == 'bpe':
+        if 'ranks' in spec:
+            ranks = ranks_from_text(spec['ranks'])
+        else:
+            ranks = ranks_from_text((Path(base_dir or '.') / spec['ranks_file']).read_text())
+        enc = tiktoken.Encoding(spec.get('name', 'nanolm-bpe'), pat_str=spec['pat_str'],
+                                mergeable_ranks=ranks, special_tokens=spec['special'])
+        return _wrap_tiktoken(enc)
+    if kind == 'char':
+        return _char_tok(spec['chars'])
+    raise ValueError(f'unknown tokenizer kind {kind!r}')
+
+
+def _wrap_tiktoken(enc):
+    special = {s: enc.encode_single_token(s) for s in enc.special_tokens_set}
+    return SimpleNamespace(
+        kind='tiktoken', enc=enc, n_vocab=enc.n_vocab, eot=enc.eot_token, special=special,
+        encode=enc.encode_ordinary,  # special-token strings stay plain text
+        encode_special=lambda text: enc.encode(text, allowed_special='all'),
+        decode=enc.decode)
+
+
+def _char_tok(chars):
+    """Character-level: id i is chars[i]; one extra id, len(chars), is <|endoftext|>, the
+    document separator (it never appears in text, so it needs no character)."""
+    eot = len(chars)
+    # lookup table code point -> id (-1: not in the vocabulary); encode is one numpy gather
+    cps = np.array([ord(c) for c in chars], dtype=np.int64)
+    lut = np.full(int(cps.max(initial=0)) + 1, -1, dtype=np.int64)
+    lut[cps] = np.arange(len(chars))
+
+    def encode(text):
+        cp = np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), dtype=np.uint32).astype(np.int64)
+        ids = lut[np.minimum(cp, len(lut) - 1)]
+        bad = (ids < 0) | (cp >= len(lut))
+        if bad.any():
+            c = text[int(np.argmax(bad))]
+            raise ValueError(f'character {c!r} is not in this char vocabulary')
+        return ids.tolist()
+
+    def encode_special(text):
+        ids = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                ids.append(eot)
+            ids += encode(part)
+        return ids
+
+    def decode(ids):
+        return ''.join(chars[i] if i < eot else EOT for i in ids)
+
+    return SimpleNamespace(kind='char', n_vocab=len(chars) + 1, eot=eot, special={EOT: eot},
+                           encode=encode, encode_special=encode_special, decode=decode)
+
+
+def from_meta(data_dir):
+    """-> (tok, meta) for a prepared dataset directory such as data/shakespeare_char."""
+    meta = json.loads((Path(data_dir) / 'meta.json').read_text(encoding='utf-8'))
+    return load(meta['tokenizer'], base_dir=data_dir), meta
+
+
+def portable_spec(src, base_dir=None):
+    """A spec that needs no files: for a checkpoint. src: a dataset dir, a meta dict or a spec."""
+    if isinstance(src, (str, Path)):
+        base_dir = src
+        src = json.loads((Path(src) / 'meta.json').read_text(encoding='utf-8'))
+    spec = dict(src.get('tokenizer', src))
+    if spec['kind'] == 'bpe' and 'ranks' not in spec:
+        spec['ranks'] = (Path(base_dir or '.') / spec.pop('ranks_file')).read_text()
+    return spec
+
+
+def read_spec(path):
+    """Spec of a saved bpe tokenizer: a dir with tokenizer.json, or that file itself.
+    Returned with its ranks inlined."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / 'tokenizer.json'
+    if not p.exists():
+        raise FileNotFoundError(f'no tokenizer at {path} (expected a dir with tokenizer.json and '
+                                f'tokenizer.tiktoken, made by tokenizer.py or prepare.py --tokenizer=bpe)')
+    return portable_spec(json.loads(p.read_text(encoding='utf-8')), base_dir=p.parent)
+
+
+# -----------------------------------------------------------------------------
+
+def main():
+    import argparse
+    import prepare  # the input readers live there (txt, jsonl, gz, globs)
+    ap = argparse.ArgumentParser(description='Train a byte-level BPE tokenizer.')
+    ap.add_argument('--input', nargs='+', required=True, help='files or globs')
+    ap.add_argument('--vocab_size', type=int, default=8192)
+    ap.add_argument('--out', required=True, help='output directory')
+    ap.add_argument('--text_field', default='text')
+    ap.add_argument('--split_blocks', action='store_true')
+    ap.add_argument('--skip_bad_lines', action='store_true')
+    ap.add_argument('--max_mb', type=float, default=prepare.BPE_TRAIN_MB, help='train on at most this much text')
+    ap.add_argument('--debug', action='store_true')
+    args = ap.parse_args()
+    with prepare.friendly_errors(args.debug):
+        if args.vocab_size < 256 + len(SPECIALS):
+            prepare.die(f'--vocab_size={args.vocab_size} is too small: a byte-level BPE needs at '
+                        f'least 256 + {len(SPECIALS)} (bytes + special tokens)')
+        paths = prepare.expand_inputs(args.input)
+        stats = Counter()
+        texts = prepare.doc_texts(paths, args.text_field, args.split_blocks, args.skip_bad_lines, stats)
+        t0 = time.time()
+        ranks = train_bpe(texts, args.vocab_size, max_bytes=int(args.max_mb * 2**20), verbose=True)
+        stored = save_bpe(bpe_spec(ranks), args.out)
+        prepare.report_bad(stats)
+        print(f'trained a {len(ranks) + len(SPECIALS)}-token BPE in {time.time() - t0:.1f}s -> '
+              f'{args.out}/tokenizer.tiktoken, tokenizer.json (specials {stored["special"]})')
+
+
+if __name__ == '__main__':
+    main()
