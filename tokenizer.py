@@ -205,7 +205,7 @@ def save_bpe(spec, out_dir):
     stored = {k: v for k, v in spec.items() if k != 'ranks'}
     stored['ranks_file'] = 'tokenizer.tiktoken'
     write_atomic(out_dir / 'tokenizer.tiktoken', spec['ranks'])
-    write_atomic(out_dir / 'tokenizer.json', json.dumps(stored, ensure_ascii=False, indent=1))
+    write_atomic(out_dir / 'tokenizer.json', json.dumps(stored, indent=1))
     return stored
 
 

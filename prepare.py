@@ -1,0 +1,528 @@
+"""
+Turn text into token files for training: data/<name>/train.bin, val.bin and meta.json.
+
+    python prepare.py shakespeare_char          # known datasets: verdict, shakespeare, shakespeare_char
+    python prepare.py mytext --input notes.txt  # any local text file (gpt2 tokens by default)
+    python prepare.py poems --input 'poems/**/*.jsonl.gz' --tokenizer=bpe --vocab_size=8192
+    python prepare.py more --input more.jsonl --tokenizer=data/poems   # reuse the bpe trained above
+
+Inputs: files or globs. .txt is one document per file (--split_blocks: one per block of lines
+separated by a blank line); .jsonl is one document per line, taken from --text_field; .gz of
+either is read directly. Documents are joined with the tokenizer's end-of-text token. The
+validation split takes whole documents (--val_fraction or --val_docs, chosen at random with
+--seed); a corpus of a single document gives its last --val_fraction of tokens instead.
+
+Tokenizers: gpt2, cl100k_base, o200k_base (tiktoken), char, bpe (trained here on the corpus,
+see tokenizer.py) or the path of a bpe trained before. train.bin / val.bin are flat arrays of
+token ids without a header (uint16, or uint32 for vocabularies over 65,535); meta.json
+records the tokenizer, so train.py and sample.py need no tokenizer flag:
+    np.memmap('data/poems/train.bin', dtype=meta['dtype'], mode='r')
+
+Memory stays bounded: input is streamed twice (count, then encode) in pieces of about 1 MB,
+encoded by --workers processes, and appended to temp files that are renamed into place only
+when everything succeeded (meta.json last), so an interrupted run leaves no dataset that
+looks complete. Bad input stops with one line (--debug or NANOLM_DEBUG=1: full traceback).
+"""
+import argparse
+import codecs
+import contextlib
+import glob
+import gzip
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+import urllib.request
+from collections import Counter, deque
+from pathlib import Path
+
+import numpy as np
+
+import tokenizer
+
+try:
+    from configurator import die
+except ImportError:  # used on its own, outside the repo
+    def die(msg, code=1):
+        print(f'error: {msg}', file=sys.stderr, flush=True)
+        sys.exit(code)
+
+# Datasets that need no --input: downloaded once into data/<name>/ and checked by sha256.
+KNOWN = {
+    'verdict': dict(
+        url='https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt',
+        sha256='b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f',
+        file='the-verdict.txt', tokenizer='gpt2'),
+    'shakespeare': dict(
+        url='https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+        sha256='86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed',
+        file='input.txt', tokenizer='gpt2'),
+}
+KNOWN['shakespeare_char'] = dict(KNOWN['shakespeare'], tokenizer='char')
+
+TIKTOKEN_NAMES = ('gpt2', 'cl100k_base', 'o200k_base')
+PIECE = 1 << 20  # characters: long documents are read and encoded in pieces of about this size
+BATCH = 1 << 20  # characters of text sent to a worker at a time
+BPE_TRAIN_MB = 32  # the bpe trains on at most this much text, sampled evenly from the corpus
+MIN_VAL_TOKENS = 16  # fewer than this makes a useless validation split
+
+# Undecodable bytes become U+FFFD; this error handler counts them on the way.
+_bad_bytes = [0]
+
+
+def _count_and_replace(err):
+    _bad_bytes[0] += err.end - err.start
+    return '\ufffd', err.end
+
+
+codecs.register_error('nanolm_count', _count_and_replace)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def expand_inputs(patterns):
+    """Files, globs ('corpus/**/*.txt') and folders (all files inside) -> sorted list of paths."""
+    paths = []
+    for pat in patterns:
+        if any(c in pat for c in '*?['):
+            hits = sorted(p for p in glob.glob(pat, recursive=True) if os.path.isfile(p))
+            if not hits:
+                die(f"no files match {pat!r} (quote the glob so the shell leaves it to prepare.py)")
+            paths += hits
+        elif os.path.isdir(pat):
+            hits = sorted(str(p) for p in Path(pat).rglob('*') if p.is_file() and not p.name.startswith('.'))
+            if not hits:
+                die(f'folder {pat} holds no files')
+            paths += hits
+        elif os.path.isfile(pat):
+            paths.append(pat)
+        else:
+            die(f'input file {pat} not found')
+    return list(dict.fromkeys(paths))  # drop repeats, keep the order
+
+
+def read_pieces(paths, text_field='text', split_blocks=False, skip_bad_lines=False, stats=None):
+    """Yield (text, end) for each document in the inputs, in order; a long document comes in
+    several pieces of about PIECE characters cut at line ends, end=True on its last piece.
+    stats (a Counter) collects bytes read, bad lines and undecodable bytes."""
+    stats = Counter() if stats is None else stats
+    for path in paths:
+        bad_before = _bad_bytes[0]
+        with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
+            try:
+                if path.endswith(('.jsonl', '.jsonl.gz')):
+                    yield from _jsonl_docs(f, path, text_field, skip_bad_lines, stats)
+                else:
+                    yield from _txt_docs(f, split_blocks, stats)
+            except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
+                die(f'cannot read {path}: {e}')
+        if _bad_bytes[0] > bad_before:
+            stats['bad_bytes'] += _bad_bytes[0] - bad_before
+            stats.setdefault('bad_bytes_file', path)
+
+
+def _txt_docs(f, split_blocks, stats):
+    decode = codecs.getincrementaldecoder('utf-8')('nanolm_count').decode  # copes with cut chars
+    buf, size, started = [], 0, False
+    for raw in iter(lambda: f.readline(PIECE), b''):  # bounded even for a file with no newline
+        stats['bytes'] += len(raw)
+        line = decode(raw)
+        if split_blocks and not line.strip():  # a blank line ends a block
+            if buf or started:
+                yield ''.join(buf), True
+            buf, size, started = [], 0, False
+            continue
+        buf.append(line)
+        size += len(line)
+        if size >= PIECE and line.endswith('\n'):
+            yield ''.join(buf), False
+            buf, size, started = [], 0, True
+    buf.append(decode(b'', final=True))
+    if any(buf) or started:
+        yield ''.join(buf), True
+
+
+def _jsonl_docs(f, path, text_field, skip_bad_lines, stats):
+    for lineno, raw in enumerate(f, 1):
+        stats['bytes'] += len(raw)
+        line = raw.decode('utf-8', 'nanolm_count')
+        if not line.strip():
+            continue
+        problem = None
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            problem = f'not valid JSON ({e.msg} at column {e.colno})'
+        else:
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                fields = ', '.join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+                problem = f'no text field {text_field!r} (it has: {fields}); choose one with --text_field'
+        if problem:
+            if not skip_bad_lines:
+                die(f'{path}:{lineno}: {problem}; or pass --skip_bad_lines to skip such lines')
+            stats['bad_lines'] += 1
+            stats.setdefault('bad_line_example', f'{path}:{lineno}: {problem}')
+            continue
+        if obj[text_field]:
+            yield obj[text_field], True
+
+
+def doc_texts(paths, text_field='text', split_blocks=False, skip_bad_lines=False, stats=None):
+    """Just the texts of read_pieces (for training a tokenizer)."""
+    return (t for t, _ in read_pieces(paths, text_field, split_blocks, skip_bad_lines, stats))
+
+
+def report_bad(stats):
+    if stats.get('bad_lines'):
+        print(f"note: skipped {stats['bad_lines']:,} bad lines (first: {stats['bad_line_example']})")
+    if stats.get('bad_bytes'):
+        print(f"note: replaced {stats['bad_bytes']:,} undecodable bytes (not UTF-8) with U+FFFD "
+              f"(first in {stats['bad_bytes_file']})")
+
+
+# ----------------------------------------------------------------------------- known datasets
+
+def fetch(name, out_dir='data'):
+    """The raw file of a known dataset: data/<name>/<file>, downloaded if it is not there yet."""
+    k = KNOWN[name]
+    dest = Path(out_dir) / name / k['file']
+    if dest.exists():
+        return str(dest)  # as nanoGPT: a file already in place is used as it is
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + '.tmp')
+    print(f"downloading {k['url']} -> {dest}")
+    try:
+        with urllib.request.urlopen(k['url'], timeout=30) as r:
+            data = r.read()
+    except Exception as e:  # no network, proxy, HTTP error ...
+        die(f"could not download {k['url']} ({getattr(e, 'reason', e)}). Get that file and put it at "
+            f"{dest}, or pass a local copy: python prepare.py {name} --input PATH")
+    got = hashlib.sha256(data).hexdigest()
+    if got != k['sha256']:
+        die(f"{k['url']} gave a file with sha256 {got}, expected {k['sha256']}; nothing saved. "
+            f"Put the right file at {dest}, or pass a local copy with --input PATH")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    return str(dest)
+
+
+# ----------------------------------------------------------------------------- encoding (workers)
+
+_tok = None  # each worker process loads the tokenizer once
+
+
+def _init_worker(spec):
+    global _tok
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's job
+    _tok = tokenizer.load(spec)
+
+
+def _encode_batch(batch, dtype, add_eot, tok=None):
+    """batch: list of (text, end, is_val) -> (train ids, val ids, utf-8 bytes of the text)."""
+    tok = tok or _tok
+    train, val, nbytes = [], [], 0
+    for text, end, is_val in batch:
+        ids = tok.encode(text)
+        if end and add_eot:
+            ids.append(tok.eot)
+        (val if is_val else train).extend(ids)
+        nbytes += len(text.encode('utf-8', 'surrogatepass'))
+    return np.array(train, dtype=dtype), np.array(val, dtype=dtype), nbytes
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def resolve_tokenizer(name, vocab_size):
+    """--tokenizer value -> (kind, spec or None). bpe and char specs are made in the count pass."""
+    if name in TIKTOKEN_NAMES:
+        spec = {'kind': 'tiktoken', 'name': name}
+        try:
+            tokenizer.load(spec)
+        except Exception as e:
+            die(f"could not load tiktoken's {name} ({type(e).__name__}); it downloads once on first use. "
+                f"Offline, point TIKTOKEN_CACHE_DIR at a folder that holds it")
+        return 'tiktoken', spec
+    if name == 'char':
+        return 'char', None
+    if name == 'bpe':
+        if vocab_size < 256 + len(tokenizer.SPECIALS):
+            die(f'--vocab_size={vocab_size} is too small: a byte-level bpe needs at least '
+                f'256 + {len(tokenizer.SPECIALS)} (all bytes + the special tokens {", ".join(tokenizer.SPECIALS)})')
+        return 'bpe', None
+    if os.path.exists(name):
+        try:
+            return 'saved', tokenizer.read_spec(name)
+        except (OSError, ValueError, KeyError) as e:
+            die(f'cannot read the tokenizer at {name}: {e}')
+    die(f"unknown tokenizer {name!r}: use one of {', '.join(TIKTOKEN_NAMES)}, char, bpe, "
+        f"or the folder of a bpe trained before (it holds tokenizer.json)")
+
+
+def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='text', split_blocks=False,
+            val_fraction=0.1, val_docs=None, seed=1337, workers=None, skip_bad_lines=False,
+            out_dir='data', bpe_train_mb=BPE_TRAIN_MB, quiet=False):
+    """Prepare data/<name>/ (see the top of this file). Returns the meta dict."""
+    t_start = time.time()
+    say = (lambda *a, **k: None) if quiet else print
+    if not name or os.sep in name or name in ('.', '..'):
+        die(f'dataset name {name!r} must be a plain folder name such as mydata')
+    if not 0 < val_fraction < 1:
+        die(f'--val_fraction={val_fraction} must be between 0 and 1')
+    if val_docs is not None and val_docs < 1:
+        die(f'--val_docs={val_docs} must be at least 1')
+    if input:
+        paths = expand_inputs(input)
+    elif name in KNOWN:
+        paths = [fetch(name, out_dir)]
+    else:
+        die(f"unknown dataset {name!r} and no --input: pass your text with --input FILE_OR_GLOB, "
+            f"or use one of {', '.join(KNOWN)}")
+    tokenizer_name = tokenizer_name or KNOWN.get(name, {}).get('tokenizer', 'gpt2')
+    kind, spec = resolve_tokenizer(tokenizer_name, vocab_size)
+    ds = Path(out_dir) / name
+
+    # pass 1: count documents and bytes; collect characters (char) or train the bpe
+    stats, chars = Counter(), set()
+    total_disk = sum(os.path.getsize(p) * (4 if p.endswith('.gz') else 1) for p in paths)  # rough
+    keep = min(1.0, bpe_train_mb * 2**20 / max(1, total_disk))  # share of pieces the bpe sees
+    rng = random.Random(seed)
+    n_docs = 0
+
+    def scan():
+        nonlocal n_docs
+        used = 0
+        for text, end in read_pieces(paths, text_field, split_blocks, skip_bad_lines, stats):
+            n_docs += end
+            if kind == 'char':
+                chars.update(text)
+            if kind == 'bpe' and used < bpe_train_mb * 2**20 and rng.random() < keep:
+                used += len(text)
+                yield text
+            if not quiet and time.time() - t_progress[0] > 0.5:
+                t_progress[0] = time.time()
+                print(f"\rcounting: {stats['bytes'] / 2**20:,.0f} MB, {n_docs:,} documents", end='',
+                      file=sys.stderr, flush=True)
+
+    t_progress = [time.time()]
+    if kind == 'bpe':
+        t0 = time.time()
+        ranks = tokenizer.train_bpe(scan(), vocab_size)
+        spec = tokenizer.bpe_spec(ranks, name=f'nanolm-bpe-{name}')
+        t_bpe = time.time() - t0
+    else:
+        for _ in scan():
+            pass
+    if not quiet and stats['bytes'] > 2**20:
+        print('\r' + ' ' * 60 + '\r', end='', file=sys.stderr)
+    if kind == 'char':
+        spec = {'kind': 'char', 'chars': ''.join(sorted(chars))}
+    if n_docs == 0:
+        die(f'no text in the input ({len(paths)} file(s), {stats["bytes"]:,} bytes)'
+            + ('; every line was bad' if stats['bad_lines'] else ''))
+    tok = tokenizer.load(spec)
+    if kind == 'bpe':
+        say(f'trained a {tok.n_vocab:,}-token bpe in {t_bpe:.1f}s')
+    dtype = np.uint16 if tok.n_vocab <= 65535 else np.uint32
+
+    # which documents go to val: selection sampling picks exactly n_val of n_docs, uniformly
+    # at random, deciding document by document as they stream past
+    one_doc = n_docs == 1
+    if one_doc:
+        n_val = 0  # the tail of the tokens instead, below
+    else:
+        n_val = val_docs if val_docs is not None else max(1, round(n_docs * val_fraction))
+        if n_val >= n_docs:
+            die(f'asked for {n_val:,} validation documents but the corpus has only {n_docs:,}; '
+                f'lower --val_docs / --val_fraction or add data')
+    workers = workers or (os.cpu_count() if stats['bytes'] > 8 * 2**20 else 1)
+
+    # pass 2: encode into temp files in the dataset folder
+    ds.mkdir(parents=True, exist_ok=True)
+    tmp = {s: ds / f'.{s}.bin.tmp' for s in ('train', 'val')}
+    files = {s: open(p, 'wb') for s, p in tmp.items()}
+    counts = Counter()
+    pool = None
+    try:
+        rng = random.Random(seed)
+        need, left = n_val, n_docs
+
+        def batches():
+            nonlocal need, left
+            batch, size, is_val = [], 0, None
+            for text, end in read_pieces(paths, text_field, split_blocks, skip_bad_lines):
+                if is_val is None:  # a new document starts
+                    is_val = left > 0 and rng.random() * left < need
+                    need -= is_val
+                    left -= 1
+                    counts['val_docs' if is_val else 'train_docs'] += 1
+                batch.append((text, end, is_val))
+                size += len(text)
+                if end:
+                    is_val = None
+                if size >= BATCH:
+                    yield batch
+                    batch, size = [], 0
+            if batch:
+                yield batch
+
+        def write(result):
+            tr, va, nbytes = result
+            tr.tofile(files['train'])
+            va.tofile(files['val'])
+            counts['train'] += len(tr)
+            counts['val'] += len(va)
+            counts['bytes'] += nbytes
+            if not quiet and time.time() - t_progress[0] > 0.5:
+                t_progress[0] = time.time()
+                dt = time.time() - t_enc
+                done = counts['bytes'] / max(1, stats['bytes'])
+                eta = dt / max(done, 1e-9) * (1 - done)
+                print(f"\rencoding: {counts['bytes'] / 2**20:,.0f}/{stats['bytes'] / 2**20:,.0f} MB "
+                      f"{100 * done:.0f}% | {counts['bytes'] / 2**20 / dt:.1f} MB/s | "
+                      f"{(counts['train'] + counts['val']) / 1e6:,.2f}M tokens | ETA {eta:.0f}s  ",
+                      end='', file=sys.stderr, flush=True)
+
+        t_enc = time.time()
+        add_eot = not one_doc
+        if workers <= 1:
+            for batch in batches():
+                write(_encode_batch(batch, dtype, add_eot, tok))
+        else:
+            import multiprocessing as mp
+            pool = mp.Pool(workers, initializer=_init_worker, initargs=(spec,))
+            pending = deque()  # at most 2 batches per worker in flight: bounded memory
+            for batch in batches():
+                pending.append(pool.apply_async(_encode_batch, (batch, dtype, add_eot)))
+                if len(pending) >= 2 * workers:
+                    write(pending.popleft().get())
+            while pending:
+                write(pending.popleft().get())
+            pool.close()
+            pool.join()
+        for f in files.values():
+            f.close()
+        t_enc = time.time() - t_enc
+        if not quiet:
+            print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr)
+
+        if one_doc:  # move the last val_fraction of the tokens from train to val
+            n_val_tok = int(counts['train'] * val_fraction)
+            if n_val_tok < MIN_VAL_TOKENS or counts['train'] - n_val_tok < MIN_VAL_TOKENS:
+                die(f"corpus too small for a validation split: one document of {counts['train']:,} tokens "
+                    f"(val would get {n_val_tok}); add text or raise --val_fraction")
+            _move_tail(tmp['train'], tmp['val'], counts['train'] - n_val_tok, np.dtype(dtype).itemsize)
+            counts['train'] -= n_val_tok
+            counts['val'] = n_val_tok
+        elif counts['val'] < MIN_VAL_TOKENS:
+            die(f"corpus too small for a validation split: the {n_val} validation document(s) hold "
+                f"{counts['val']} tokens; add text or raise --val_docs / --val_fraction")
+
+        # commit: from here the old dataset (if any) is gone; meta.json comes last
+        meta_path = ds / 'meta.json'
+        if meta_path.exists():
+            meta_path.unlink()
+        stored = tokenizer.save_bpe(spec, ds) if spec['kind'] == 'bpe' else spec
+        os.replace(tmp['train'], ds / 'train.bin')
+        os.replace(tmp['val'], ds / 'val.bin')
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        for f in files.values():
+            f.close()
+        for p in tmp.values():
+            if p.exists():
+                p.unlink()
+        raise
+
+    n_tok = counts['train'] + counts['val']
+    meta = {
+        'vocab_size': tok.n_vocab, 'dtype': np.dtype(dtype).name,
+        'train_tokens': counts['train'], 'val_tokens': counts['val'], 'tokenizer': stored,
+        'eot': tok.eot, 'documents': n_docs, 'train_documents': counts['train_docs'],
+        'val_documents': counts['val_docs'],
+        'split': (f'the last {val_fraction:g} of its tokens' if one_doc
+                  else f'{n_val} random documents (seed {seed})'),
+        'text_bytes': counts['bytes'], 'bytes_per_token': round(counts['bytes'] / max(1, n_tok), 4),
+        'bad_lines': stats['bad_lines'], 'bad_bytes': stats['bad_bytes'],
+        'sources': paths[:20] + ([f'... and {len(paths) - 20} more'] if len(paths) > 20 else []),
+    }
+    if one_doc:
+        meta['train_documents'] = meta['val_documents'] = 0
+    tokenizer.write_atomic(ds / 'meta.json', json.dumps(meta, indent=1))
+
+    if not quiet:
+        report_bad(stats)
+        dt = time.time() - t_start
+        docs = (f"one document, val = {meta['split']}" if one_doc else
+                f"{n_docs:,} documents ({counts['train_docs']:,} train / {counts['val_docs']:,} val)")
+        print(f"{ds}/: {docs}, {counts['bytes'] / 2**20:,.2f} MB of text\n"
+              f"  train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens "
+              f"({meta['dtype']}, vocab {tok.n_vocab:,}, tokenizer {tokenizer_name})\n"
+              f"  {meta['bytes_per_token']:.2f} bytes/token; encoded at {counts['bytes'] / 2**20 / max(t_enc, 1e-9):.1f} MB/s, "
+              f"{n_tok / max(t_enc, 1e-9) / 1e6:.2f}M tokens/s with {workers} worker(s); {dt:.1f}s in all")
+    return meta
+
+
+def _move_tail(src, dst, start, itemsize, chunk=1 << 24):
+    """Copy tokens [start:] of file src to file dst, then cut them off src (bounded memory)."""
+    with open(src, 'r+b') as f, open(dst, 'wb') as g:
+        f.seek(start * itemsize)
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            g.write(b)
+        f.truncate(start * itemsize)
+
+
+def prepare_known(name, out_dir='data'):
+    """For train.py: prepare a KNOWN dataset with its defaults (in this process, no workers)."""
+    return prepare(name, out_dir=out_dir, workers=1)
+
+
+@contextlib.contextmanager
+def friendly_errors(debug=False):
+    """Errors as one line, no traceback (unless --debug or NANOLM_DEBUG=1)."""
+    debug = debug or os.environ.get('NANOLM_DEBUG', '') not in ('', '0')
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print('\ninterrupted: no dataset was written', file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        die(f'{type(e).__name__}: {e} (rerun with --debug for the traceback)')
+
+
+def main():
+    ap = argparse.ArgumentParser(description='Tokenize text into data/<name>/{train,val}.bin + meta.json',
+                                 epilog='known datasets: ' + ', '.join(KNOWN))
+    ap.add_argument('name', help='dataset name: the output folder data/<name>/')
+    ap.add_argument('--input', nargs='+', help='text files, .jsonl, .gz, globs or folders')
+    ap.add_argument('--tokenizer', dest='tokenizer_name',
+                    help='gpt2 | cl100k_base | o200k_base | char | bpe | path/to/saved/bpe (default: gpt2)')
+    ap.add_argument('--vocab_size', type=int, default=8192, help='for --tokenizer=bpe')
+    ap.add_argument('--text_field', default='text', help='the field of each .jsonl line that holds the text')
+    ap.add_argument('--split_blocks', action='store_true', help='.txt: one document per blank-line-separated block')
+    ap.add_argument('--val_fraction', type=float, default=0.1)
+    ap.add_argument('--val_docs', type=int, help='exact number of validation documents (instead of a fraction)')
+    ap.add_argument('--seed', type=int, default=1337)
+    ap.add_argument('--workers', type=int, help='encoding processes (default: all cores for inputs over 8 MB)')
+    ap.add_argument('--skip_bad_lines', action='store_true', help='count and skip bad .jsonl lines instead of stopping')
+    ap.add_argument('--out_dir', default='data')
+    ap.add_argument('--bpe_train_mb', type=float, default=BPE_TRAIN_MB, help='train the bpe on at most this much text')
+    ap.add_argument('--debug', action='store_true', help='show full tracebacks')
+    args = vars(ap.parse_args())
+    debug = args.pop('debug')
+    with friendly_errors(debug):
+        prepare(**args)
+
+
+if __name__ == '__main__':
+    main()
