@@ -302,11 +302,11 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
                 used += len(text)
                 yield text
             if not quiet and time.time() - t_progress[0] > 0.5:
-                t_progress[0] = time.time()
+                t_progress[:] = time.time(), True
                 print(f"\rcounting: {stats['bytes'] / 2**20:,.0f} MB, {n_docs:,} documents", end='',
                       file=sys.stderr, flush=True)
 
-    t_progress = [time.time()]
+    t_progress = [time.time(), False]  # last progress line, whether one was shown
     if kind == 'bpe':
         t0 = time.time()
         ranks = tokenizer.train_bpe(scan(), vocab_size)
@@ -315,7 +315,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     else:
         for _ in scan():
             pass
-    if not quiet and stats['bytes'] > 2**20:
+    if t_progress[1]:
         print('\r' + ' ' * 60 + '\r', end='', file=sys.stderr)
     if kind == 'char':
         spec = {'kind': 'char', 'chars': ''.join(sorted(chars))}
@@ -324,7 +324,8 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             + ('; every line was bad' if stats['bad_lines'] else ''))
     tok = tokenizer.load(spec)
     if kind == 'bpe':
-        say(f'trained a {tok.n_vocab:,}-token bpe in {t_bpe:.1f}s')
+        say(f'trained a {tok.n_vocab:,}-token bpe in {t_bpe:.1f}s' + ('' if tok.n_vocab == vocab_size else
+            f' (not {vocab_size:,}: the text ran out of pairs to merge)'))
     dtype = np.uint16 if tok.n_vocab <= 65535 else np.uint32
 
     # which documents go to val: selection sampling picks exactly n_val of n_docs, uniformly
@@ -376,7 +377,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             counts['val'] += len(va)
             counts['bytes'] += nbytes
             if not quiet and time.time() - t_progress[0] > 0.5:
-                t_progress[0] = time.time()
+                t_progress[:] = time.time(), True
                 dt = time.time() - t_enc
                 done = counts['bytes'] / max(1, stats['bytes'])
                 eta = dt / max(done, 1e-9) * (1 - done)
@@ -405,7 +406,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
         for f in files.values():
             f.close()
         t_enc = time.time() - t_enc
-        if not quiet:
+        if t_progress[1]:
             print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr)
 
         if one_doc:  # move the last val_fraction of the tokens from train to val

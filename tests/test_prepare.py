@@ -1,0 +1,337 @@
+"""Tests for prepare.py: each input kind, the validation split, outputs, bad input, downloads.
+
+    python -m pytest tests/test_prepare.py -q
+"""
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import prepare  # noqa: E402
+import tokenizer  # noqa: E402
+
+SHARED = ROOT / '..' / 'shared' / 'data'
+DOCS = [f'document {i}: ' + 'lorem ipsum dolor sit amet, 床前明月光 ' * (1 + i % 4) + '\n' for i in range(40)]
+
+
+def run(tmp_path, name='ds', **kw):
+    """prepare() in this process, char tokenizer unless told; -> (meta, train ids, val ids)."""
+    kw.setdefault('tokenizer_name', 'char')
+    meta = prepare.prepare(name, out_dir=str(tmp_path / 'data'), quiet=True, **kw)
+    d = tmp_path / 'data' / name
+    train = np.fromfile(d / 'train.bin', dtype=meta['dtype'])
+    val = np.fromfile(d / 'val.bin', dtype=meta['dtype'])
+    assert len(train) == meta['train_tokens'] and len(val) == meta['val_tokens']
+    return meta, train, val
+
+
+def docs_of(tmp_path, name, train, val):
+    """Decode both splits back into their documents (split at end-of-text)."""
+    tok, meta = tokenizer.from_meta(tmp_path / 'data' / name)
+    out = []
+    for ids in (train, val):
+        text = tok.decode(ids.tolist())
+        out.append([d for d in text.split('<|endoftext|>') if d])
+    return out
+
+
+def write_jsonl(path, docs, field='text'):
+    opener = gzip.open if str(path).endswith('.gz') else open
+    with opener(path, 'wt', encoding='utf-8') as f:
+        for d in docs:
+            f.write(json.dumps({field: d, 'id': 1}, ensure_ascii=False) + '\n')
+
+
+def cli(*args, cwd=None):
+    """prepare.py as a user runs it -> (returncode, stdout, stderr)."""
+    r = subprocess.run([sys.executable, str(ROOT / 'prepare.py'), *args], capture_output=True, text=True,
+                       cwd=cwd or ROOT, env={**os.environ, 'NANOLM_DEBUG': ''})
+    return r.returncode, r.stdout, r.stderr
+
+
+def assert_one_line_error(code, err, *words):
+    assert code != 0
+    assert 'Traceback' not in err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+# ----------------------------------------------------------------------------- input kinds
+
+def test_one_txt_file_is_one_document_split_by_tokens(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_text(''.join(DOCS), encoding='utf-8')
+    meta, train, val = run(tmp_path, input=[str(src)])
+    assert meta['documents'] == 1 and 'last 0.1' in meta['split']
+    total = len(''.join(DOCS))
+    assert len(val) == int(total * 0.1) and len(train) + len(val) == total  # char: 1 token a char
+    tok, _ = tokenizer.from_meta(tmp_path / 'data' / 'ds')
+    assert tok.decode(train.tolist() + val.tolist()) == ''.join(DOCS)  # no separator in one document
+    assert meta['vocab_size'] == len(set(''.join(DOCS))) + 1 and meta['dtype'] == 'uint16'
+
+
+def test_several_files_glob_and_folder(tmp_path):
+    for i, d in enumerate(DOCS):
+        sub = tmp_path / 'corpus' / f'part{i % 3}'
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f'{i:02d}.txt').write_text(d, encoding='utf-8')
+    meta, train, val = run(tmp_path, input=[str(tmp_path / 'corpus' / '**' / '*.txt')], val_docs=4)
+    assert meta['documents'] == 40 and meta['val_documents'] == 4 and meta['train_documents'] == 36
+    tr, va = docs_of(tmp_path, 'ds', train, val)
+    assert sorted(tr + va) == sorted(DOCS) and len(va) == 4
+    eot = meta['eot']
+    assert (train == eot).sum() == 36 and (val == eot).sum() == 4  # one separator per document
+    meta2, train2, _ = run(tmp_path, name='ds2', input=[str(tmp_path / 'corpus')], val_docs=4)
+    assert meta2['documents'] == 40 and np.array_equal(train, train2)  # a folder = all files inside
+
+
+def test_split_blocks(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_text('\n\n'.join(d.strip() for d in DOCS) + '\n\n  \n', encoding='utf-8')
+    meta, train, val = run(tmp_path, input=[str(src)], split_blocks=True, val_docs=5)
+    assert meta['documents'] == 40
+    tr, va = docs_of(tmp_path, 'ds', train, val)
+    assert sorted(d.strip() for d in tr + va) == sorted(d.strip() for d in DOCS)
+
+
+def test_jsonl_field_and_gz_read_directly(tmp_path):
+    write_jsonl(tmp_path / 'a.jsonl', DOCS, field='content')
+    write_jsonl(tmp_path / 'a.jsonl.gz', DOCS, field='content')
+    with gzip.open(tmp_path / 'b.txt.gz', 'wt', encoding='utf-8') as f:
+        f.write(DOCS[0] * 10)
+    m1, t1, v1 = run(tmp_path, name='plain', input=[str(tmp_path / 'a.jsonl')], text_field='content')
+    m2, t2, v2 = run(tmp_path, name='gz', input=[str(tmp_path / 'a.jsonl.gz')], text_field='content')
+    assert m1['documents'] == 40 and np.array_equal(t1, t2) and np.array_equal(v1, v2)
+    tr, va = docs_of(tmp_path, 'plain', t1, v1)
+    assert sorted(tr + va) == sorted(DOCS)
+    m3, t3, v3 = run(tmp_path, name='txtgz', input=[str(tmp_path / 'b.txt.gz')])
+    tok, _ = tokenizer.from_meta(tmp_path / 'data' / 'txtgz')
+    assert tok.decode(t3.tolist() + v3.tolist()) == DOCS[0] * 10
+
+
+def test_long_document_read_in_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, 'PIECE', 100)  # force many pieces per document
+    monkeypatch.setattr(prepare, 'BATCH', 300)
+    (tmp_path / 'a.txt').write_text(''.join(DOCS), encoding='utf-8')
+    (tmp_path / 'b.txt').write_text('床前明月光' * 500, encoding='utf-8')  # no newline at all
+    meta, train, val = run(tmp_path, input=[str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')], val_docs=1)
+    assert meta['documents'] == 2 and meta['bad_bytes'] == 0  # no character cut between pieces
+    tr, va = docs_of(tmp_path, 'ds', train, val)
+    assert sorted(tr + va) == sorted([''.join(DOCS), '床前明月光' * 500])
+
+
+# ----------------------------------------------------------------------------- the split
+
+def test_split_is_deterministic_per_seed_and_sized(tmp_path):
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    inp = [str(tmp_path / 'a.jsonl')]
+    m1, t1, v1 = run(tmp_path, name='a', input=inp, seed=1)
+    m2, t2, v2 = run(tmp_path, name='b', input=inp, seed=1)
+    m3, t3, v3 = run(tmp_path, name='c', input=inp, seed=2)
+    assert np.array_equal(t1, t2) and np.array_equal(v1, v2)
+    assert m1['val_documents'] == 4 == m3['val_documents']  # round(40 * 0.1)
+    assert sorted(docs_of(tmp_path, 'a', t1, v1)[1]) != sorted(docs_of(tmp_path, 'c', t3, v3)[1])
+    m4, _, _ = run(tmp_path, name='d', input=inp, val_fraction=0.25)
+    assert m4['val_documents'] == 10
+
+
+def test_two_workers_give_the_same_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, 'BATCH', 200)  # several batches in flight
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    _, t1, v1 = run(tmp_path, name='w1', input=[str(tmp_path / 'a.jsonl')], workers=1)
+    _, t2, v2 = run(tmp_path, name='w2', input=[str(tmp_path / 'a.jsonl')], workers=2)
+    assert np.array_equal(t1, t2) and np.array_equal(v1, v2)
+
+
+def test_bpe_dataset_and_reuse(tmp_path):
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    m1, t1, _ = run(tmp_path, name='a', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='bpe', vocab_size=300)
+    d = tmp_path / 'data' / 'a'
+    assert (d / 'tokenizer.tiktoken').exists() and m1['tokenizer']['ranks_file'] == 'tokenizer.tiktoken'
+    assert m1['vocab_size'] == 300 and m1['eot'] == 297
+    m2, t2, _ = run(tmp_path, name='b', input=[str(tmp_path / 'a.jsonl')], tokenizer_name=str(d))
+    assert np.array_equal(t1, t2) and (tmp_path / 'data' / 'b' / 'tokenizer.tiktoken').exists()
+    # what train.py stores in a checkpoint loads without the dataset
+    spec = json.loads(json.dumps(tokenizer.portable_spec(d)))
+    tok = tokenizer.load(spec)
+    assert tok.decode(t1.tolist()).split('<|endoftext|>')[0] in DOCS
+
+
+def test_tiktoken_gpt2_and_uint32(tmp_path):
+    if not (SHARED / 'tiktoken_cache').exists():
+        pytest.skip('needs ../shared/data/tiktoken_cache for offline GPT-2 / cl100k BPE')
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    m, t, _ = run(tmp_path, name='g', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='gpt2')
+    assert m['dtype'] == 'uint16' and m['vocab_size'] == 50257 and m['eot'] == 50256
+    m, t, _ = run(tmp_path, name='c', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='cl100k_base')
+    assert m['dtype'] == 'uint32' and m['vocab_size'] == 100277 and t.max() == 100257  # its eot
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_file_and_empty_glob(tmp_path):
+    code, _, err = cli('x', '--input', str(tmp_path / 'nope.txt'), f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, 'nope.txt', 'not found')
+    code, _, err = cli('x', '--input', str(tmp_path / '*.jsonl'), f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, 'no files match')
+
+
+def test_bad_jsonl_lines(tmp_path):
+    src = tmp_path / 'a.jsonl'
+    write_jsonl(src, DOCS[:20])
+    with open(src, 'a', encoding='utf-8') as f:
+        f.write('{"text": "cut off\n')  # line 21
+        f.write('{"body": "no text field"}\n')  # line 22
+        f.write('[1, 2]\n')  # line 23
+    args = ['x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}']
+    code, _, err = cli(*args)
+    assert_one_line_error(code, err, 'a.jsonl:21', 'not valid JSON', '--skip_bad_lines')
+    code, out, err = cli(*args, '--text_field=body')
+    assert_one_line_error(code, err, 'a.jsonl:1', "'body'", 'text')  # names the fields it has
+    code, out, err = cli(*args, '--skip_bad_lines')
+    assert code == 0, err
+    assert 'skipped 3 bad lines' in out and 'a.jsonl:21' in out
+    meta = json.loads((tmp_path / 'x' / 'meta.json').read_text())
+    assert meta['bad_lines'] == 3 and meta['documents'] == 20
+
+
+def test_undecodable_bytes_are_counted_and_replaced(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_bytes('good text 明月\n'.encode() + b'bad \xff\xfe bytes \xe6\x98\n' + 'the end. '.encode() * 20)
+    code, out, err = cli('x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}', '--val_fraction=0.5')
+    assert code == 0, err
+    assert 'replaced 4 undecodable bytes' in out and 'a.txt' in out
+    tok, meta = tokenizer.from_meta(tmp_path / 'x')
+    assert meta['bad_bytes'] == 4 and '\ufffd' in meta['tokenizer']['chars']
+
+
+def test_too_small_for_a_split(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_text('tiny', encoding='utf-8')
+    code, _, err = cli('x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, 'too small for a validation split')
+    write_jsonl(tmp_path / 'b.jsonl', DOCS[:3])
+    code, _, err = cli('y', '--input', str(tmp_path / 'b.jsonl'), '--val_docs=3', f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, 'only 3')
+    (tmp_path / 'e.txt').write_text('')
+    code, _, err = cli('z', '--input', str(tmp_path / 'e.txt'), f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, 'no text')
+
+
+def test_vocab_too_small_and_unknown_tokenizer(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_text(''.join(DOCS), encoding='utf-8')
+    code, _, err = cli('x', '--input', str(src), '--tokenizer=bpe', '--vocab_size=200', f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, '--vocab_size=200', '256 + 3')
+    code, _, err = cli('x', '--input', str(src), '--tokenizer=gpt3', f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, "'gpt3'", 'char, bpe')
+    assert not (tmp_path / 'x').exists()
+
+
+def test_bad_input_overwrites_nothing(tmp_path):
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    run(tmp_path, name='x', input=[str(tmp_path / 'a.jsonl')])
+    d = tmp_path / 'data' / 'x'
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    with open(tmp_path / 'a.jsonl', 'a') as f:
+        f.write('not json\n')
+    code, _, err = cli('x', '--input', str(tmp_path / 'a.jsonl'), '--tokenizer=char', f'--out_dir={tmp_path / "data"}')
+    assert_one_line_error(code, err, 'a.jsonl:41')
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    run(tmp_path, name='x', input=[str(tmp_path / 'a.jsonl')])
+    d = tmp_path / 'data' / 'x'
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    monkeypatch.setattr(prepare, 'BATCH', 100)
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    real = prepare._encode_batch
+    monkeypatch.setattr(prepare, '_encode_batch', boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, name='x', input=[str(tmp_path / 'a.jsonl')], val_docs=2)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # old dataset intact, no temp files
+    monkeypatch.setattr(prepare, '_encode_batch', real)
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(prepare, '_encode_batch', boom)
+        calls.clear()
+        run(tmp_path, name='new', input=[str(tmp_path / 'a.jsonl')])
+    assert not (tmp_path / 'data' / 'new' / 'meta.json').exists()
+    assert not list((tmp_path / 'data' / 'new').glob('*.bin*'))
+
+
+# ----------------------------------------------------------------------------- known datasets
+
+class FakeResponse:
+    def __init__(self, data):
+        self.data = data
+
+    def read(self):
+        return self.data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_known_dataset_uses_a_file_already_in_place(tmp_path, monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError('must not download')
+    monkeypatch.setattr(prepare.urllib.request, 'urlopen', no_network)
+    raw = tmp_path / 'data' / 'shakespeare_char' / 'input.txt'
+    raw.parent.mkdir(parents=True)
+    raw.write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n' * 20)
+    meta = prepare.prepare_known('shakespeare_char', out_dir=str(tmp_path / 'data'))
+    assert meta['tokenizer']['kind'] == 'char' and meta['train_tokens'] + meta['val_tokens'] == len(raw.read_text())
+
+
+def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(prepare.urllib.request, 'urlopen', offline)
+    with pytest.raises(SystemExit) as e:
+        prepare.prepare_known('verdict', out_dir=str(tmp_path / 'data'))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for w in ('the-verdict.txt', str(tmp_path / 'data' / 'verdict'), '--input', 'no network'):
+        assert w in err
+    assert not list((tmp_path / 'data' / 'verdict').iterdir())
+
+
+def test_download_is_checked_by_sha256(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(b'not the verdict'))
+    with pytest.raises(SystemExit):
+        prepare.fetch('verdict', out_dir=str(tmp_path))
+    assert 'sha256' in capsys.readouterr().err
+    assert not list((tmp_path / 'verdict').iterdir())  # nothing saved
+    real = SHARED / 'the-verdict.txt'
+    if not real.exists():
+        pytest.skip('needs ../shared/data/the-verdict.txt for the good download')
+    data = real.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == prepare.KNOWN['verdict']['sha256']
+    monkeypatch.setattr(prepare.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(data))
+    path = prepare.fetch('verdict', out_dir=str(tmp_path))
+    assert Path(path).read_bytes() == data and Path(path).name == 'the-verdict.txt'
