@@ -103,19 +103,25 @@ def expand_inputs(patterns):
     return list(dict.fromkeys(paths))  # drop repeats, keep the order
 
 
-def read_pieces(paths, text_field='text', split_blocks=False, skip_bad_lines=False, stats=None):
-    """Yield (text, end) for each document in the inputs, in order; a long document comes in
-    several pieces of about PIECE characters cut at line ends, end=True on its last piece.
-    stats (a Counter) collects bytes read, bad lines and undecodable bytes."""
+def read_units(paths, split_blocks=False, stats=None):
+    """Yield (item, end, where) for each document in the inputs, in order. For .txt, item is
+    text: a long document comes in pieces of about PIECE characters cut at line ends, end=True
+    on its last piece. For .jsonl, item is the raw bytes of one line, left for parse_line to
+    decode in a worker process (JSON parsing costs as much as reading). where = (path, line).
+    stats (a Counter) collects bytes read and undecodable bytes in .txt files."""
     stats = Counter() if stats is None else stats
     for path in paths:
         bad_before = _bad_bytes[0]
         with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
             try:
                 if path.endswith(('.jsonl', '.jsonl.gz')):
-                    yield from _jsonl_docs(f, path, text_field, skip_bad_lines, stats)
+                    for lineno, raw in enumerate(f, 1):
+                        stats['bytes'] += len(raw)
+                        if raw.strip():
+                            yield raw, True, (path, lineno)
                 else:
-                    yield from _txt_docs(f, split_blocks, stats)
+                    for text, end in _txt_docs(f, split_blocks, stats):
+                        yield text, end, (path, 0)
             except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
                 die(f'cannot read {path}: {e}')
         if _bad_bytes[0] > bad_before:
@@ -144,34 +150,41 @@ def _txt_docs(f, split_blocks, stats):
         yield ''.join(buf), True
 
 
-def _jsonl_docs(f, path, text_field, skip_bad_lines, stats):
-    for lineno, raw in enumerate(f, 1):
-        stats['bytes'] += len(raw)
-        line = raw.decode('utf-8', 'nanolm_count')
-        if not line.strip():
-            continue
-        problem = None
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            problem = f'not valid JSON ({e.msg} at column {e.colno})'
-        else:
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                fields = ', '.join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
-                problem = f'no text field {text_field!r} (it has: {fields}); choose one with --text_field'
-        if problem:
-            if not skip_bad_lines:
-                die(f'{path}:{lineno}: {problem}; or pass --skip_bad_lines to skip such lines')
-            stats['bad_lines'] += 1
-            stats.setdefault('bad_line_example', f'{path}:{lineno}: {problem}')
-            continue
-        if obj[text_field]:
-            yield obj[text_field], True
+def parse_line(raw, text_field):
+    """One .jsonl line -> (text, None), or (None, what is wrong with it)."""
+    try:
+        obj = json.loads(raw.decode('utf-8', 'nanolm_count'))
+    except ValueError as e:
+        return None, f'not valid JSON ({e.msg} at column {e.colno})'
+    if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+        fields = ', '.join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+        return None, f'no text field {text_field!r} (it has: {fields}); choose one with --text_field'
+    return obj[text_field], None
+
+
+def bad_line(where, problem, skip_bad_lines, stats):
+    msg = f'{where[0]}:{where[1]}: {problem}'
+    if not skip_bad_lines:
+        die(f'{msg}; or pass --skip_bad_lines to skip such lines')
+    stats['bad_lines'] += 1
+    stats.setdefault('bad_line_example', msg)
+
+
+def read_texts(paths, text_field='text', split_blocks=False, skip_bad_lines=False, stats=None):
+    """(text, end) for each document piece, JSONL parsed here (to count chars, train a bpe)."""
+    stats = Counter() if stats is None else stats
+    for item, end, where in read_units(paths, split_blocks, stats):
+        if isinstance(item, bytes):
+            item, problem = parse_line(item, text_field)
+            if problem:
+                bad_line(where, problem, skip_bad_lines, stats)
+                continue
+        yield item, end
 
 
 def doc_texts(paths, text_field='text', split_blocks=False, skip_bad_lines=False, stats=None):
-    """Just the texts of read_pieces (for training a tokenizer)."""
-    return (t for t, _ in read_pieces(paths, text_field, split_blocks, skip_bad_lines, stats))
+    """Just the texts (for training a tokenizer)."""
+    return (t for t, _ in read_texts(paths, text_field, split_blocks, skip_bad_lines, stats))
 
 
 def report_bad(stats):
@@ -220,17 +233,32 @@ def _init_worker(spec):
     _tok = tokenizer.load(spec)
 
 
-def _encode_batch(batch, dtype, add_eot, tok=None):
-    """batch: list of (text, end, is_val) -> (train ids, val ids, utf-8 bytes of the text)."""
+def _encode_batch(batch, dtype, add_eot, text_field, tok=None):
+    """batch: list of (item, end, is_val, where) from read_units -> a dict with the train and
+    val token ids, the utf-8 bytes encoded, documents per split and bad lines / bytes."""
     tok = tok or _tok
-    train, val, nbytes = [], [], 0
-    for text, end, is_val in batch:
-        ids = tok.encode(text)
+    train, val = [], []
+    r = Counter()
+    bad_before = _bad_bytes[0]
+    for item, end, is_val, where in batch:
+        if isinstance(item, bytes):  # a raw .jsonl line
+            item, problem = parse_line(item, text_field)
+            if problem:
+                r['bad_lines'] += 1
+                r.setdefault('bad_line', (where, problem))
+                continue
+            if not item:
+                continue  # an empty document
+        ids = tok.encode(item)
         if end and add_eot:
             ids.append(tok.eot)
         (val if is_val else train).extend(ids)
-        nbytes += len(text.encode('utf-8', 'surrogatepass'))
-    return np.array(train, dtype=dtype), np.array(val, dtype=dtype), nbytes
+        r['bytes'] += len(item.encode('utf-8', 'surrogatepass'))
+        r['val_docs' if is_val else 'train_docs'] += end
+    if _bad_bytes[0] > bad_before:
+        r['bad_bytes'] = _bad_bytes[0] - bad_before
+        r['bad_bytes_file'] = next(w[0] for _, _, _, w in batch)
+    return np.array(train, dtype=dtype), np.array(val, dtype=dtype), r
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -294,17 +322,25 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     def scan():
         nonlocal n_docs
         used = 0
-        for text, end in read_pieces(paths, text_field, split_blocks, skip_bad_lines, stats):
+        for item, end, where in read_units(paths, split_blocks, stats):
             n_docs += end
-            if kind == 'char':
-                chars.update(text)
-            if kind == 'bpe' and used < bpe_train_mb * 2**20 and rng.random() < keep:
-                used += len(text)
-                yield text
             if not quiet and time.time() - t_progress[0] > 0.5:
                 t_progress[:] = time.time(), True
                 print(f"\rcounting: {stats['bytes'] / 2**20:,.0f} MB, {n_docs:,} documents", end='',
                       file=sys.stderr, flush=True)
+            if kind == 'bpe' and not (used < bpe_train_mb * 2**20 and rng.random() < keep):
+                continue
+            if kind in ('char', 'bpe'):  # these need the text itself now
+                if isinstance(item, bytes):
+                    item, problem = parse_line(item, text_field)
+                    if problem:
+                        bad_line(where, problem, skip_bad_lines, Counter())
+                        continue
+                if kind == 'char':
+                    chars.update(item)
+                else:
+                    used += len(item)
+                    yield item
 
     t_progress = [time.time(), False]  # last progress line, whether one was shown
     if kind == 'bpe':
@@ -320,8 +356,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     if kind == 'char':
         spec = {'kind': 'char', 'chars': ''.join(sorted(chars))}
     if n_docs == 0:
-        die(f'no text in the input ({len(paths)} file(s), {stats["bytes"]:,} bytes)'
-            + ('; every line was bad' if stats['bad_lines'] else ''))
+        die(f'no text in the input ({len(paths)} file(s), {stats["bytes"]:,} bytes)')
     tok = tokenizer.load(spec)
     if kind == 'bpe':
         say(f'trained a {tok.n_vocab:,}-token bpe in {t_bpe:.1f}s' + ('' if tok.n_vocab == vocab_size else
@@ -341,10 +376,11 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     workers = workers or (os.cpu_count() if stats['bytes'] > 8 * 2**20 else 1)
 
     # pass 2: encode into temp files in the dataset folder
+    made_dir = not ds.exists()
     ds.mkdir(parents=True, exist_ok=True)
     tmp = {s: ds / f'.{s}.bin.tmp' for s in ('train', 'val')}
     files = {s: open(p, 'wb') for s, p in tmp.items()}
-    counts = Counter()
+    counts, bad = Counter(), Counter()  # tokens, bytes, documents; bad lines and bytes
     pool = None
     try:
         rng = random.Random(seed)
@@ -353,14 +389,13 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
         def batches():
             nonlocal need, left
             batch, size, is_val = [], 0, None
-            for text, end in read_pieces(paths, text_field, split_blocks, skip_bad_lines):
+            for item, end, where in read_units(paths, split_blocks, bad):
                 if is_val is None:  # a new document starts
                     is_val = left > 0 and rng.random() * left < need
                     need -= is_val
                     left -= 1
-                    counts['val_docs' if is_val else 'train_docs'] += 1
-                batch.append((text, end, is_val))
-                size += len(text)
+                batch.append((item, end, is_val, where))
+                size += len(item)
                 if end:
                     is_val = None
                 if size >= BATCH:
@@ -370,18 +405,23 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
                 yield batch
 
         def write(result):
-            tr, va, nbytes = result
+            tr, va, r = result
+            if r['bad_lines']:
+                bad_line(*r['bad_line'], skip_bad_lines, bad)
+                bad['bad_lines'] += r['bad_lines'] - 1
+            if r['bad_bytes']:
+                bad['bad_bytes'] += r['bad_bytes']
+                bad.setdefault('bad_bytes_file', r['bad_bytes_file'])
             tr.tofile(files['train'])
             va.tofile(files['val'])
-            counts['train'] += len(tr)
-            counts['val'] += len(va)
-            counts['bytes'] += nbytes
+            counts.update(train=len(tr), val=len(va), bytes=r['bytes'], train_docs=r['train_docs'],
+                          val_docs=r['val_docs'])
             if not quiet and time.time() - t_progress[0] > 0.5:
                 t_progress[:] = time.time(), True
                 dt = time.time() - t_enc
-                done = counts['bytes'] / max(1, stats['bytes'])
+                done = bad['bytes'] / max(1, stats['bytes'])  # raw input bytes read so far
                 eta = dt / max(done, 1e-9) * (1 - done)
-                print(f"\rencoding: {counts['bytes'] / 2**20:,.0f}/{stats['bytes'] / 2**20:,.0f} MB "
+                print(f"\rencoding: {bad['bytes'] / 2**20:,.0f}/{stats['bytes'] / 2**20:,.0f} MB "
                       f"{100 * done:.0f}% | {counts['bytes'] / 2**20 / dt:.1f} MB/s | "
                       f"{(counts['train'] + counts['val']) / 1e6:,.2f}M tokens | ETA {eta:.0f}s  ",
                       end='', file=sys.stderr, flush=True)
@@ -390,13 +430,13 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
         add_eot = not one_doc
         if workers <= 1:
             for batch in batches():
-                write(_encode_batch(batch, dtype, add_eot, tok))
+                write(_encode_batch(batch, dtype, add_eot, text_field, tok))
         else:
             import multiprocessing as mp
             pool = mp.Pool(workers, initializer=_init_worker, initargs=(spec,))
             pending = deque()  # at most 2 batches per worker in flight: bounded memory
             for batch in batches():
-                pending.append(pool.apply_async(_encode_batch, (batch, dtype, add_eot)))
+                pending.append(pool.apply_async(_encode_batch, (batch, dtype, add_eot, text_field)))
                 if len(pending) >= 2 * workers:
                     write(pending.popleft().get())
             while pending:
@@ -417,6 +457,8 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             _move_tail(tmp['train'], tmp['val'], counts['train'] - n_val_tok, np.dtype(dtype).itemsize)
             counts['train'] -= n_val_tok
             counts['val'] = n_val_tok
+        elif counts['train_docs'] + counts['val_docs'] == 0:
+            die(f'no text in the input: all {n_docs:,} lines were bad or empty')
         elif counts['val'] < MIN_VAL_TOKENS:
             die(f"corpus too small for a validation split: the {n_val} validation document(s) hold "
                 f"{counts['val']} tokens; add text or raise --val_docs / --val_fraction")
@@ -436,29 +478,29 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
         for p in tmp.values():
             if p.exists():
                 p.unlink()
+        if made_dir and not any(ds.iterdir()):
+            ds.rmdir()
         raise
 
     n_tok = counts['train'] + counts['val']
     meta = {
         'vocab_size': tok.n_vocab, 'dtype': np.dtype(dtype).name,
         'train_tokens': counts['train'], 'val_tokens': counts['val'], 'tokenizer': stored,
-        'eot': tok.eot, 'documents': n_docs, 'train_documents': counts['train_docs'],
+        'eot': tok.eot, 'documents': counts['train_docs'] + counts['val_docs'], 'train_documents': counts['train_docs'],
         'val_documents': counts['val_docs'],
         'split': (f'the last {val_fraction:g} of its tokens' if one_doc
                   else f'{n_val} random documents (seed {seed})'),
         'text_bytes': counts['bytes'], 'bytes_per_token': round(counts['bytes'] / max(1, n_tok), 4),
-        'bad_lines': stats['bad_lines'], 'bad_bytes': stats['bad_bytes'],
+        'bad_lines': bad['bad_lines'], 'bad_bytes': bad['bad_bytes'],
         'sources': paths[:20] + ([f'... and {len(paths) - 20} more'] if len(paths) > 20 else []),
     }
-    if one_doc:
-        meta['train_documents'] = meta['val_documents'] = 0
     tokenizer.write_atomic(ds / 'meta.json', json.dumps(meta, indent=1))
 
     if not quiet:
-        report_bad(stats)
+        report_bad(bad)
         dt = time.time() - t_start
         docs = (f"one document, val = {meta['split']}" if one_doc else
-                f"{n_docs:,} documents ({counts['train_docs']:,} train / {counts['val_docs']:,} val)")
+                f"{meta['documents']:,} documents ({counts['train_docs']:,} train / {counts['val_docs']:,} val)")
         print(f"{ds}/: {docs}, {counts['bytes'] / 2**20:,.2f} MB of text\n"
               f"  train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens "
               f"({meta['dtype']}, vocab {tok.n_vocab:,}, tokenizer {tokenizer_name})\n"
