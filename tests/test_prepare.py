@@ -222,10 +222,10 @@ def test_too_small_for_a_split(tmp_path):
     code, _, err = cli('x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}')
     assert_one_line_error(code, err, 'too small for a validation split')
     write_jsonl(tmp_path / 'b.jsonl', DOCS[:3])
-    code, _, err = cli('y', '--input', str(tmp_path / 'b.jsonl'), '--val_docs=3', f'--out_dir={tmp_path}')
+    code, _, err = cli('y', '--input', str(tmp_path / 'b.jsonl'), '--val_docs=3', '--tokenizer=char', f'--out_dir={tmp_path}')
     assert_one_line_error(code, err, 'only 3')
     (tmp_path / 'e.txt').write_text('')
-    code, _, err = cli('z', '--input', str(tmp_path / 'e.txt'), f'--out_dir={tmp_path}')
+    code, _, err = cli('z', '--input', str(tmp_path / 'e.txt'), '--tokenizer=char', f'--out_dir={tmp_path}')
     assert_one_line_error(code, err, 'no text')
 
 
