@@ -160,7 +160,7 @@ mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n
                    n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
                    pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-iter_num, best_val, skipped = 0, float('inf'), 0
+iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 torch.manual_seed(seed + rank)
 sampler = torch.Generator().manual_seed(seed + 1000 * rank)  # training batches: its state is saved
 tok_spec = tokenizer.portable_spec(ds_dir)
@@ -195,7 +195,7 @@ if ckpt is not None:
     model.load_state_dict(ckpt['model'])
     optimizer.load_state_dict(ckpt['optimizer'])
     scaler.load_state_dict(ckpt['scaler'])
-    iter_num, best_val, skipped = ckpt['iter_num'], ckpt['best_val'], ckpt.get('skipped', 0)
+    iter_num, best_val, skipped, last_eval = ckpt['iter_num'], ckpt['best_val'], ckpt.get('skipped', 0), ckpt.get('last_eval', -1)
     rng = ckpt['rng']
     random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
     np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
@@ -273,7 +273,7 @@ def checkpoint(is_best=False):
         return
     state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
              'model_config': asdict(mcfg), 'config': config, 'tokenizer': tok_spec, 'iter_num': iter_num,
-             'best_val': best_val, 'skipped': skipped, 'rng': rng, 'world_size': world}
+             'best_val': best_val, 'skipped': skipped, 'last_eval': last_eval, 'rng': rng, 'world_size': world}
     save_checkpoint(state, out_dir, keep_last_n=keep_last_n, is_best=is_best)
 
 
@@ -282,12 +282,14 @@ def checkpoint(is_best=False):
 log_path = os.path.join(out_dir, 'log.jsonl')
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    kept = []
+    rows = []
     if iter_num > 0 and os.path.exists(log_path):
         with open(log_path) as f:
-            kept = [line for line in f if json.loads(line)['iter'] < iter_num]
+            rows = [json.loads(line) for line in f if line.endswith('}\n')]  # (a kill -9 can cut the last line)
+    # keep the eval the checkpoint was taken at (logged just before the save), drop what came after
+    rows = [r for r in rows if r['iter'] < iter_num or (r['iter'] == last_eval == iter_num and 'val_loss' in r)]
     with open(log_path, 'w') as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(r) + '\n' for r in rows)
 logf = open(log_path, 'a') if master else None
 
 
@@ -319,14 +321,16 @@ say(f"model: {arch}, {raw_model.num_params() / 1e6:.2f}M parameters | data: {ds_
 if iter_num >= max_iters:
     say(f"the run in {out_dir}/ is already at iter {iter_num} >= max_iters={max_iters}; pass a larger --max_iters to train on")
 model.train()
+start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr
-    if iter_num % eval_interval == 0 and iter_num > 0:
+    if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
         losses = estimate_loss()
         say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        last_eval = iter_num
         log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
         is_best = losses['val'] < best_val
         best_val = min(best_val, losses['val'])
@@ -381,14 +385,15 @@ while iter_num < max_iters:
         sys.exit(128 + int(stop.item()))
 
 # ----------------------------------------------------------------------------- the end
-if iter_num == max_iters and init_from == 'scratch' or iter_num > 0:
+if iter_num > start_iter:
+    last_eval = iter_num
     losses = estimate_loss()
     say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} | {time.perf_counter() - t_start:.1f} s in all")
     log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
     is_best = losses['val'] < best_val
     best_val = min(best_val, losses['val'])
     checkpoint(is_best)
-if master:
+if master and iter_num > start_iter:
     logf.close()
     rows = [json.loads(line) for line in open(log_path)]
     try:

@@ -1,0 +1,174 @@
+"""Never lose a run: exact resume, signals, kill -9 during checkpoint writes, NaN handling,
+checkpoints that load anywhere, and refusals that say what differs."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run
+from model import load_checkpoint
+
+# dropout > 0 so that resuming must restore torch's RNG, not only the batch sampler
+RUN = [*TINY, '--batch_size=16', '--dropout=0.1', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=20',
+       '--sample_prompt=']
+
+
+def log_rows(out):
+    return [json.loads(line) for line in open(out / 'log.jsonl')]
+
+
+def losses(out):
+    rows = log_rows(out)
+    return ({r['iter']: r['loss'] for r in rows if 'loss' in r}, {r['iter']: r['val_loss'] for r in rows if 'val_loss' in r})
+
+
+def train(data, out, *args, check=True):
+    return run('train.py', *RUN, f'--data_dir={data}', f'--out_dir={out}', *args, check=check)
+
+
+@pytest.fixture(scope='module')
+def reference(char_data, tmp_path_factory):
+    """The uninterrupted run every other run is compared with."""
+    out = tmp_path_factory.mktemp('ref') / 'out'
+    train(char_data, out)
+    return losses(out)
+
+
+def start(data, out, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *RUN, f'--data_dir={data}', f'--out_dir={out}', *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_iter(out, it, proc, timeout=120):
+    """Block until the run has logged iteration `it` (or ended)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        try:
+            if any(json.loads(l).get('iter', -1) >= it for l in open(out / 'log.jsonl') if l.strip()):
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.005)
+
+
+def test_stop_and_resume_is_the_same_run(char_data, tmp_path, reference):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=40')  # (a stop between evals: see the signal tests)
+    p = train(char_data, out, '--init_from=resume')
+    assert 'resuming from' in p.stdout and 'max_iters 40 -> 60' in p.stdout
+    assert losses(out) == reference  # every per-iteration loss and every val loss, exactly
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_resumes_exactly(char_data, tmp_path, reference, sig):
+    out = tmp_path / 'out'
+    proc = start(char_data, out)
+    wait_for_iter(out, random.Random(sig).randint(5, 45), proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    assert 'Traceback' not in stderr and '--init_from=resume' in stdout
+    stopped_at = load_checkpoint(out / 'ckpt.pt')['iter_num']
+    assert stopped_at == max(losses(out)[0]) + 1  # the checkpoint holds the step that had just finished
+    train(char_data, out, '--init_from=resume')
+    assert losses(out) == reference
+
+
+def test_kill_9_during_checkpoint_writes_never_corrupts(char_data, tmp_path, reference):
+    """Checkpoint at every iteration, SIGKILL at random moments (half of them while a temp
+    file is being written); after every kill the checkpoint on disk loads, and the run
+    resumed after all the kills equals the reference run loss for loss."""
+    out = tmp_path / 'out'
+    rng = random.Random(0)
+    kills = 0
+    args = ['--eval_interval=1', '--eval_iters=1', '--keep_last_n=2']
+    for attempt in range(8):
+        proc = start(char_data, out, *args, *(['--init_from=resume'] if (out / 'ckpt.pt').exists() else []))
+        deadline = time.time() + rng.uniform(2.0, 5.0)
+        while proc.poll() is None and time.time() < deadline:
+            if attempt % 2 and (out / 'ckpt.pt.tmp').exists():
+                break  # kill in the middle of a checkpoint write
+            time.sleep(0.001)
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.communicate()
+        kills += 1
+        if (out / 'ckpt.pt').exists():
+            ck = load_checkpoint(out / 'ckpt.pt')
+            assert 0 < ck['iter_num'] <= 60 and set(ck['model']) == set(torch.load(out / 'ckpt.pt', weights_only=True)['model'])
+    assert kills >= 4
+    train(char_data, out, *args, '--init_from=resume')
+    assert losses(out)[0] == reference[0]
+    assert len([f for f in os.listdir(out) if f.startswith('ckpt_')]) == 2
+
+
+def test_keep_last_n_and_best(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--keep_last_n=2')
+    assert sorted(f for f in os.listdir(out) if f.endswith('.pt')) == ['best.pt', 'ckpt.pt', 'ckpt_00000040.pt', 'ckpt_00000060.pt']
+    _, val = losses(out)
+    assert load_checkpoint(out / 'best.pt')['iter_num'] == min(val, key=val.get)
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 60
+
+
+def test_nonfinite_loss_stops_without_touching_the_checkpoint(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=20')
+    before = (out / 'ckpt.pt').read_bytes()
+    bad = ['--init_from=resume', '--max_iters=40', '--learning_rate=1e30', '--warmup_iters=0', '--grad_clip=0']
+    p = train(char_data, out, *bad, check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert 'error: loss is nan at iter' in p.stderr and 'learning_rate' in p.stderr
+    assert (out / 'ckpt.pt').read_bytes() == before
+    p = train(char_data, out, *bad, '--skip_nonfinite=True')
+    skipped = load_checkpoint(out / 'ckpt.pt')['skipped']
+    assert 0 < skipped <= 19 and 'step skipped' in p.stdout
+
+
+def test_checkpoints_load_anywhere(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=10')
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    # as saved by a compiled model inside DDP, by an older nanolm with fewer config fields
+    ck['model'] = {f'module._orig_mod.{k}': v for k, v in ck['model'].items()}
+    for field in ('rope_theta', 'ffn_hidden', 'norm_eps'):
+        del ck['model_config'][field]
+    del ck['config']['keep_last_n']
+    torch.save(ck, out / 'ckpt.pt')
+    assert list(load_checkpoint(out / 'ckpt.pt')['model'])[0] == 'wte.weight'
+    s = run('sample.py', f'--out_dir={out}', '--start=the', '--num_samples=1', '--max_new_tokens=5')
+    assert s.stdout.startswith('the')
+    train(char_data, out, '--init_from=resume', '--max_iters=20')
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 20
+
+
+def test_resume_refuses_a_different_model_or_tokenizer(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=5')
+    p = train(char_data, out, '--init_from=resume', '--n_layer=3', check=False)
+    assert p.returncode == 1 and 'n_layer: checkpoint 2, now 3' in p.stderr and 'Traceback' not in p.stderr
+    p = train(char_data, out, '--init_from=resume', '--arch=llama', check=False)
+    assert p.returncode == 1 and "norm: checkpoint 'layernorm', now 'rmsnorm'" in p.stderr
+    # the same name, another corpus: another char vocabulary
+    other = tmp_path / 'data'
+    (tmp_path / 'other.txt').write_text('completely different text, with other letters: XYZ QJK!\n' * 200)
+    run('prepare.py', 'tiny', '--input', tmp_path / 'other.txt', '--tokenizer=char', '--out_dir', other)
+    p = run('train.py', *RUN, f'--data_dir={other}', f'--out_dir={out}', '--init_from=resume', check=False)
+    assert p.returncode == 1 and ('tokenizer' in p.stderr or 'vocab_size' in p.stderr)
+
+
+def test_world_size_change_is_allowed_and_said(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=10')
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    ck['world_size'] = 2
+    torch.save(ck, out / 'ckpt.pt')
+    p = train(char_data, out, '--init_from=resume', '--max_iters=15', '--batch_size=8')
+    assert 'world size 2 -> 1' in p.stdout and 'batch_size 16 -> 8' in p.stdout
