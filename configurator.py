@@ -47,6 +47,28 @@ def install_error_hook():
     sys.excepthook = _excepthook
 
 
+def resolve_device(device, dtype):
+    """'auto' -> the best this machine has: cuda > mps > cpu; bfloat16 on GPUs that run it
+    natively (Ampere and newer), float16 on older ones (T4, V100: needs a GradScaler when
+    training), float32 on CPU and MPS. Explicit choices are checked, not trusted."""
+    import torch
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        die(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        die(f"device={device} but this machine (or this torch build) has no CUDA; use --device=cpu")
+    if kind == 'mps' and not torch.backends.mps.is_available():
+        die(f"device={device} but MPS is not available here; use --device=cpu")
+    if dtype == 'auto':
+        dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if kind == 'cuda' else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
+    return device, kind, dtype
+
+
 def _parse_value(key, raw, default):
     """Turn the text after --key= into a value of the default's type, or raise ConfigError."""
     try:

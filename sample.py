@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 
 import tokenizer
-from configurator import configure, die
+from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, load_checkpoint
 
 # ----------------------------------------------------------------------------- settings
@@ -31,11 +31,7 @@ dtype = 'auto'            # 'auto' = bfloat16 on GPUs that have it, float16 on o
 configure(globals())
 # -----------------------------------------------------------------------------
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = device.split(':')[0]
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+device, device_type, dtype = resolve_device(device, dtype)
 if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or num_samples < 1:
     die("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1 and num_samples >= 1")
 

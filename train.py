@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 import tokenizer
-from configurator import configure, die
+from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, make_config, measure_cpu_flops, save_checkpoint, load_checkpoint
 from dataclasses import asdict
 
@@ -88,17 +88,15 @@ rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']
 master = rank == 0
 say = print if master else (lambda *a, **k: None)
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-if ddp and device.startswith('cuda'):
-    device = f'cuda:{local_rank}'
-device_type = device.split(':')[0]
-if device_type == 'cuda' and not torch.cuda.is_available():
-    die(f"device={device} but this torch has no CUDA; use --device=cpu")
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
+if ddp and device in ('auto', 'cuda'):
+    device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
+device, device_type, dtype = resolve_device(device, dtype)
+too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
+                                         'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
+if too_small:
+    die(f"{', '.join(too_small)}: must be at least 1")
+if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip) < 0:
+    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay and grad_clip must not be negative")
 if dtype == 'float16' and device_type != 'cuda':
     die("dtype=float16 needs a CUDA GPU (it relies on GradScaler); use bfloat16 or float32 here")
 if ddp:

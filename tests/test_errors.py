@@ -1,0 +1,122 @@
+"""Bad input to train.py and sample.py: one line on stderr that names the problem, a non-zero
+exit, no traceback, nothing overwritten. (prepare.py's bad inputs: tests/test_prepare.py.)"""
+import shutil
+
+import pytest
+
+from conftest import TINY, run
+
+
+def assert_one_line_error(p, expected):
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert 'Traceback' not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1, p.stderr
+    assert expected in errors[0], errors[0]
+
+
+@pytest.fixture(scope='module')
+def trained(char_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp('run') / 'out'
+    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=10', '--eval_interval=5', '--sample_prompt=')
+    return out
+
+
+TRAIN_CASES = [
+    (['--max_itres=5'], "unknown config key 'max_itres' (did you mean max_iters?)"),
+    (['--batch_size=abc'], '--batch_size=abc: expected int'),
+    (['--dropout=high'], 'expected float'),
+    (['config/no_such_config.py'], "config file 'config/no_such_config.py' not found"),
+    (['--dataset=no_such_data'], 'python prepare.py no_such_data --input='),
+    (['--block_size=5000'], 'not enough for one block of block_size=5000'),
+    (['--n_embd=30', '--n_head=4'], 'n_embd=30 must be divisible by n_head=4'),
+    (['--n_head=4', '--n_kv_head=3'], 'divisible by n_kv_head=3'),
+    (['--arch=gpt3'], "arch='gpt3' must be one of ['gpt2', 'llama']"),
+    (['--norm=batchnorm'], "norm='batchnorm' must be"),
+    (['--init_from=restart'], "init_from='restart' must be"),
+    (['--init_from=resume'], 'nothing to resume'),
+    (['--eval_interval=0'], 'eval_interval=0: must be at least 1'),
+    (['--batch_size=0', '--eval_iters=0'], 'batch_size=0, eval_iters=0: must be at least 1'),
+    (['--learning_rate=-1e-3'], 'must not be negative'),
+    (['--device=gpu'], "device='gpu' is not a device"),
+    (['--device=cuda'], 'has no CUDA'),
+    (['--dtype=float16'], 'float16 needs a CUDA GPU'),
+    (['--dtype=fp8'], "dtype='fp8' must be"),
+]
+
+
+@pytest.mark.parametrize('args,expected', TRAIN_CASES, ids=[' '.join(a) for a, _ in TRAIN_CASES])
+def test_train_bad_settings(char_data, tmp_path, args, expected):
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path / "out"}', '--max_iters=2', *args, check=False)
+    assert_one_line_error(p, expected)
+
+
+def test_config_file_that_raises(char_data, tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text("batch_size = 4\nn_layer = undefined_name\n")
+    p = run('train.py', bad, *TINY, f'--data_dir={char_data}', check=False)
+    assert_one_line_error(p, "NameError: name 'undefined_name' is not defined")
+
+
+def test_bin_that_does_not_match_its_meta(char_data, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(char_data / 'tiny', data / 'tiny')
+    with open(data / 'tiny' / 'train.bin', 'r+b') as f:  # as an interrupted copy would leave it
+        f.truncate(1000)
+    p = run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False)
+    assert_one_line_error(p, 'holds 500 tokens but meta.json says')
+    shutil.copy(char_data / 'tiny' / 'train.bin', data / 'tiny' / 'train.bin')
+    (data / 'tiny' / 'val.bin').unlink()
+    p = run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False)
+    assert_one_line_error(p, 'val.bin is missing; rerun: python prepare.py tiny')
+
+
+def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(trained, out)
+    before = (out / 'ckpt.pt').read_bytes()
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', check=False)
+    assert_one_line_error(p, 'already holds a run; resume it with --init_from=resume')
+    assert (out / 'ckpt.pt').read_bytes() == before
+    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', '--overwrite=True', '--sample_prompt=')
+    assert (out / 'ckpt.pt').read_bytes() != before
+
+
+def test_corrupt_checkpoint_on_resume_and_sample(char_data, trained, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(trained, out)
+    data = (out / 'ckpt.pt').read_bytes()
+    (out / 'ckpt.pt').write_bytes(data[:len(data) // 2])  # e.g. copied off a full disk
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--init_from=resume', check=False)
+    assert_one_line_error(p, 'is not a readable checkpoint')
+    p = run('sample.py', f'--out_dir={out}', check=False)
+    assert_one_line_error(p, 'is not a readable checkpoint')
+
+
+SAMPLE_CASES = [
+    (['--ckpt=nope.pt'], 'nope.pt not found; train one first'),
+    (['--start=FILE:no_such_prompt.txt'], 'prompt file no_such_prompt.txt not found'),
+    (['--start=' + 'the cat sees the river. ' * 3], 'the prompt is 72 tokens but the model\'s context is 32'),
+    (['--temperature=-1'], 'need temperature >= 0'),
+    (['--top_p=0'], 'need temperature >= 0, 0 < top_p <= 1'),
+    (['--num_sample=2'], "unknown config key 'num_sample' (did you mean num_samples?)"),
+    (['--max_new_tokens=ten'], 'expected int'),
+]
+
+
+@pytest.mark.parametrize('args,expected', SAMPLE_CASES, ids=[a[0][:30] for a, _ in SAMPLE_CASES])
+def test_sample_bad_input(trained, args, expected):
+    p = run('sample.py', f'--out_dir={trained}', *args, check=False)
+    assert_one_line_error(p, expected)
+
+
+def test_sample_without_a_run(tmp_path):
+    p = run('sample.py', f'--out_dir={tmp_path / "nothing"}', check=False)
+    assert_one_line_error(p, 'ckpt.pt not found; train one first')
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = run('sample.py', f'--out_dir={tmp_path}', '--debug', check=False)
+    assert p.returncode != 0 and 'Traceback' in p.stderr and 'FileNotFoundError' in p.stderr
+    p = run('sample.py', f'--out_dir={tmp_path}', check=False, env={'NANOLM_DEBUG': '1'})
+    assert 'Traceback' in p.stderr
