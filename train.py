@@ -175,7 +175,7 @@ if init_from == 'resume':
         die(f"{ckpt_path} was trained with another tokenizer than {ds_dir}/ uses; resume on the run's own dataset")
     mcfg = saved
     mcfg.dropout = dropout
-    old = ckpt['config']
+    old = ckpt.get('config', {})
     changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate')
                if k in old and old[k] != config[k]]
     if ckpt.get('world_size', 1) != world:
@@ -191,20 +191,27 @@ model = GPT(mcfg).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if ckpt is not None:
     model.load_state_dict(ckpt['model'])
-    optimizer.load_state_dict(ckpt['optimizer'])
-    scaler.load_state_dict(ckpt['scaler'])
-    iter_num, best_val, skipped, last_eval = ckpt['iter_num'], ckpt['best_val'], ckpt.get('skipped', 0), ckpt.get('last_eval', -1)
-    rng = ckpt['rng']
-    random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
-    np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
-    if ckpt.get('world_size', 1) == world:
+    # Older or hand-made checkpoints may lack any of the rest: resume with what is there, and say so.
+    missing = [k for k in ('optimizer', 'rng', 'iter_num') if k not in ckpt]
+    if ckpt.get('optimizer'):
+        optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('scaler'):  # empty when saved by a run without fp16 (a disabled GradScaler)
+        scaler.load_state_dict(ckpt['scaler'])
+    iter_num, best_val = ckpt.get('iter_num', 0), ckpt.get('best_val', float('inf'))
+    skipped, last_eval = ckpt.get('skipped', 0), ckpt.get('last_eval', -1)
+    rng = ckpt.get('rng')
+    if rng and ckpt.get('world_size', 1) == world:
+        random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
+        np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
         torch.set_rng_state(rng['torch'][rank])
         sampler.set_state(rng['sampler'][rank])
         if device_type == 'cuda' and rng.get('cuda'):
             torch.cuda.set_rng_state(rng['cuda'][rank])
-    else:  # different world: fresh, but still deterministic, streams for the remaining steps
+    else:  # another world size, or no saved state: fresh, but still deterministic, streams from here on
         torch.manual_seed(seed + rank + iter_num)
         sampler.manual_seed(seed + 1000 * rank + iter_num)
+    if missing:
+        say(f"note: {ckpt_path} has no {', '.join(missing)}; those start fresh")
     say(f"resuming from {ckpt_path} at iter {iter_num} (best val loss {best_val:.4f})")
     del ckpt
 raw_model = model
