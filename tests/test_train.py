@@ -79,3 +79,18 @@ def test_ddp_two_processes_on_cpu(char_data, tmp_path):
     assert not torch.equal(ck['rng']['sampler'][0], ck['rng']['sampler'][1])  # each rank draws its own batches
     train_loss, _ = losses(out)
     assert len(train_loss) == 20 and train_loss[19] < train_loss[0]
+
+
+def test_bpe_dataset_samples_with_no_tokenizer_flag(tmp_path):
+    from conftest import make_text
+    src = tmp_path / 'corpus.txt'
+    src.write_text(make_text(400) + '床前明月光，疑是地上霜。举头望明月，低头思故乡。\n' * 50)
+    data = tmp_path / 'data'
+    run('prepare.py', 'mixed', '--input', src, '--tokenizer=bpe', '--vocab_size=300', '--out_dir', data)
+    out = tmp_path / 'out'
+    run('train.py', *TINY, '--dataset=mixed', f'--data_dir={data}', f'--out_dir={out}', '--max_iters=60', '--eval_interval=30',
+        '--sample_prompt=')
+    assert load_checkpoint(out / 'ckpt.pt')['tokenizer']['kind'] == 'bpe'
+    (data / 'mixed' / 'tokenizer.tiktoken').unlink()  # sample.py needs only the checkpoint
+    s = run('sample.py', f'--out_dir={out}', '--start=床前', '--num_samples=1', '--max_new_tokens=20', '--temperature=0')
+    assert s.stdout.startswith('床前') and len(s.stdout.strip()) > 2
