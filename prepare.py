@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 import urllib.request
@@ -43,11 +44,33 @@ import numpy as np
 import tokenizer
 
 try:
-    from configurator import die
+    from configurator import die as _die
 except ImportError:  # used on its own, outside the repo
-    def die(msg, code=1):
+    def _die(msg, code=1):
         print(f'error: {msg}', file=sys.stderr, flush=True)
         sys.exit(code)
+
+
+def die(msg, code=1):
+    end_progress()  # the error gets a line of its own
+    _die(msg, code)
+
+
+_progress = [0.0, False]  # time of the last progress line on stderr, whether one is showing
+
+
+def progress_due():
+    """True at most every 0.5 s: time to rewrite the progress line (with \\r, no newline)."""
+    if time.time() - _progress[0] < 0.5:
+        return False
+    _progress[:] = time.time(), True
+    return True
+
+
+def end_progress():
+    if _progress[1]:
+        print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr, flush=True)
+        _progress[1] = False
 
 # Datasets that need no --input: downloaded once into data/<name>/ and checked by sha256.
 KNOWN = {
@@ -65,8 +88,10 @@ KNOWN['shakespeare_char'] = dict(KNOWN['shakespeare'], tokenizer='char')
 TIKTOKEN_NAMES = ('gpt2', 'cl100k_base', 'o200k_base')
 PIECE = 1 << 20  # characters: long documents are read and encoded in pieces of about this size
 BATCH = 1 << 20  # characters of text sent to a worker at a time
+DEFAULT_VOCAB = 8192  # --tokenizer=bpe
 BPE_TRAIN_MB = 32  # the bpe trains on at most this much text, sampled evenly from the corpus
 MIN_VAL_TOKENS = 16  # fewer than this makes a useless validation split
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # Undecodable bytes become U+FFFD; this error handler counts them on the way.
 _bad_bytes = [0]
@@ -156,6 +181,8 @@ def parse_line(raw, text_field):
         obj = json.loads(raw.decode('utf-8', 'nanolm_count'))
     except ValueError as e:
         return None, f'not valid JSON ({e.msg} at column {e.colno})'
+    if isinstance(obj, dict) and text_field in obj and not isinstance(obj[text_field], str):
+        return None, f'field {text_field!r} is {json.dumps(obj[text_field])[:30]}, not a string'
     if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
         fields = ', '.join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
         return None, f'no text field {text_field!r} (it has: {fields}); choose one with --text_field'
@@ -223,20 +250,77 @@ def fetch(name, out_dir='data'):
 
 # ----------------------------------------------------------------------------- encoding (workers)
 
-_tok = None  # each worker process loads the tokenizer once
+def _worker(conn, main_end, spec):
+    """An encoding process: batches in, token arrays out, over its own pipe. Nothing is shared
+    with the other workers (multiprocessing.Pool shares a queue lock and a result pipe: a worker
+    killed at the wrong moment left the main process waiting on them forever), so the main
+    process can kill us at any time and carry on."""
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)  # Ctrl-C, SIGTERM: the main process's job (it kills us)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by start_workers
+    main_end.close()  # (fork) so that recv sees EOF if the main process dies
+    try:
+        tok = tokenizer.load(spec)
+        for job in iter(conn.recv, None):
+            try:
+                out = _encode_batch(*job, tok=tok)
+            except Exception as e:  # re-raised in the main process
+                out = e
+            conn.send(out)
+    except (EOFError, OSError):
+        pass  # the main process is gone
 
 
-def _init_worker(spec):
-    global _tok
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's job
-    _tok = tokenizer.load(spec)
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Hold Ctrl-C and SIGTERM back (they are delivered when the block ends). No-op on Windows."""
+    if not hasattr(signal, 'pthread_sigmask'):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _encode_batch(batch, dtype, add_eot, text_field, tok=None):
+def start_workers(n, spec):
+    """-> (processes, connections). Stop signals are blocked while forking, so that a Ctrl-C
+    cannot reach a worker before it ignores it; the main process gets it once unblocked."""
+    import multiprocessing as mp
+    procs, conns = [], []
+    with _stop_signals_blocked():
+        for _ in range(n):
+            mine, theirs = mp.Pipe()
+            p = mp.Process(target=_worker, args=(theirs, mine, spec), daemon=True)
+            conns.append(mine)
+            procs.append(p)
+            p.start()
+            theirs.close()
+    return procs, conns
+
+
+def _result(conn):
+    try:
+        r = conn.recv()
+    except EOFError:
+        raise RuntimeError('an encoding process died (out of memory? try fewer --workers)') from None
+    if isinstance(r, BaseException):
+        raise r
+    return r
+
+
+def stop_workers(procs):
+    for p in procs:
+        p.kill()  # they ignore SIGINT and SIGTERM; nothing they hold can block us
+    for p in procs:
+        p.join(5)
+
+
+def _encode_batch(batch, dtype, add_eot, text_field, tok):
     """batch: list of (item, end, is_val, where) from read_units -> a dict with the train and
     val token ids, the utf-8 bytes encoded, documents per split and bad lines / bytes."""
-    tok = tok or _tok
     train, val = [], []
     r = Counter()
     bad_before = _bad_bytes[0]
@@ -265,17 +349,19 @@ def _encode_batch(batch, dtype, add_eot, text_field, tok=None):
 
 def resolve_tokenizer(name, vocab_size):
     """--tokenizer value -> (kind, spec or None). bpe and char specs are made in the count pass."""
+    if vocab_size is not None and name != 'bpe':  # a silent 50,257-token gpt2 dataset otherwise
+        die(f'--vocab_size is for --tokenizer=bpe; the {name} tokenizer has its own vocabulary')
     if name in TIKTOKEN_NAMES:
         spec = {'kind': 'tiktoken', 'name': name}
         try:
-            tokenizer.load(spec)
-        except Exception as e:
-            die(f"could not load tiktoken's {name} ({type(e).__name__}); it downloads once on first use. "
-                f"Offline, point TIKTOKEN_CACHE_DIR at a folder that holds it")
+            tokenizer.load(spec)  # here, not in each worker: one clear line when offline
+        except ValueError as e:
+            die(str(e))
         return 'tiktoken', spec
     if name == 'char':
         return 'char', None
     if name == 'bpe':
+        vocab_size = DEFAULT_VOCAB if vocab_size is None else vocab_size
         if vocab_size < 256 + len(tokenizer.SPECIALS):
             die(f'--vocab_size={vocab_size} is too small: a byte-level bpe needs at least '
                 f'256 + {len(tokenizer.SPECIALS)} (all bytes + the special tokens {", ".join(tokenizer.SPECIALS)})')
@@ -283,13 +369,16 @@ def resolve_tokenizer(name, vocab_size):
     if os.path.exists(name):
         try:
             return 'saved', tokenizer.read_spec(name)
-        except (OSError, ValueError, KeyError) as e:
-            die(f'cannot read the tokenizer at {name}: {e}')
+        except (OSError, ValueError) as e:
+            die(str(e))
+    if os.sep in name or '/' in name or name.startswith('.'):
+        die(f'tokenizer {name} not found: pass the folder of a bpe trained before (it holds tokenizer.json), '
+            f"or one of {', '.join(TIKTOKEN_NAMES)}, char, bpe")
     die(f"unknown tokenizer {name!r}: use one of {', '.join(TIKTOKEN_NAMES)}, char, bpe, "
         f"or the folder of a bpe trained before (it holds tokenizer.json)")
 
 
-def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='text', split_blocks=False,
+def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='text', split_blocks=False,
             val_fraction=0.1, val_docs=None, seed=1337, workers=None, skip_bad_lines=False,
             out_dir='data', bpe_train_mb=BPE_TRAIN_MB, quiet=False):
     """Prepare data/<name>/ (see the top of this file). Returns the meta dict."""
@@ -310,6 +399,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             f"or use one of {', '.join(KNOWN)}")
     tokenizer_name = tokenizer_name or KNOWN.get(name, {}).get('tokenizer', 'gpt2')
     kind, spec = resolve_tokenizer(tokenizer_name, vocab_size)
+    vocab_size = DEFAULT_VOCAB if vocab_size is None else vocab_size
     ds = Path(out_dir) / name
 
     # pass 1: count documents and bytes; collect characters (char) or train the bpe
@@ -324,8 +414,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
         used = 0
         for item, end, where in read_units(paths, split_blocks, stats):
             n_docs += end
-            if not quiet and time.time() - t_progress[0] > 0.5:
-                t_progress[:] = time.time(), True
+            if not quiet and progress_due():
                 print(f"\rcounting: {stats['bytes'] / 2**20:,.0f} MB, {n_docs:,} documents", end='',
                       file=sys.stderr, flush=True)
             if kind == 'bpe' and not (used < bpe_train_mb * 2**20 and rng.random() < keep):
@@ -342,7 +431,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
                     used += len(item)
                     yield item
 
-    t_progress = [time.time(), False]  # last progress line, whether one was shown
+    _progress[:] = time.time(), False
     if kind == 'bpe':
         t0 = time.time()
         ranks = tokenizer.train_bpe(scan(), vocab_size)
@@ -351,8 +440,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     else:
         for _ in scan():
             pass
-    if t_progress[1]:
-        print('\r' + ' ' * 60 + '\r', end='', file=sys.stderr)
+    end_progress()
     if kind == 'char':
         spec = {'kind': 'char', 'chars': ''.join(sorted(chars))}
     if n_docs == 0:
@@ -376,12 +464,16 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
     workers = workers or (os.cpu_count() if stats['bytes'] > 8 * 2**20 else 1)
 
     # pass 2: encode into temp files in the dataset folder
-    made_dir = not ds.exists()
-    ds.mkdir(parents=True, exist_ok=True)
+    made_dirs = [p for p in (ds, *ds.parents) if not p.exists()]  # removed again on failure
     tmp = {s: ds / f'.{s}.bin.tmp' for s in ('train', 'val')}
-    files = {s: open(p, 'wb') for s, p in tmp.items()}
+    try:
+        ds.mkdir(parents=True, exist_ok=True)
+        files = {s: open(p, 'wb') for s, p in tmp.items()}
+    except OSError as e:
+        die(f'cannot write the dataset to {ds}/: {e.strerror or e}')
     counts, bad = Counter(), Counter()  # tokens, bytes, documents; bad lines and bytes
-    pool = None
+    procs = []  # encoding processes
+    committed = False
     try:
         rng = random.Random(seed)
         need, left = n_val, n_docs
@@ -416,8 +508,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             va.tofile(files['val'])
             counts.update(train=len(tr), val=len(va), bytes=r['bytes'], train_docs=r['train_docs'],
                           val_docs=r['val_docs'])
-            if not quiet and time.time() - t_progress[0] > 0.5:
-                t_progress[:] = time.time(), True
+            if not quiet and progress_due():
                 dt = time.time() - t_enc
                 done = bad['bytes'] / max(1, stats['bytes'])  # raw input bytes read so far
                 eta = dt / max(done, 1e-9) * (1 - done)
@@ -432,22 +523,25 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             for batch in batches():
                 write(_encode_batch(batch, dtype, add_eot, text_field, tok))
         else:
-            import multiprocessing as mp
-            pool = mp.Pool(workers, initializer=_init_worker, initargs=(spec,))
-            pending = deque()  # at most 2 batches per worker in flight: bounded memory
-            for batch in batches():
-                pending.append(pool.apply_async(_encode_batch, (batch, dtype, add_eot, text_field)))
-                if len(pending) >= 2 * workers:
-                    write(pending.popleft().get())
-            while pending:
-                write(pending.popleft().get())
-            pool.close()
-            pool.join()
+            # round robin, one batch in flight per worker: batch t goes to worker t % workers
+            # once its previous result is written, so the output keeps the input's order, memory
+            # stays bounded, and a worker is always reading when the main process sends to it
+            procs, conns = start_workers(workers, spec)
+            t = -1
+            for t, batch in enumerate(batches()):
+                if t >= workers:
+                    write(_result(conns[t % workers]))
+                conns[t % workers].send((batch, dtype, add_eot, text_field))
+            for t in range(max(0, t + 1 - workers), t + 1):
+                write(_result(conns[t % workers]))
+            for c in conns:
+                c.send(None)
+            for p in procs:
+                p.join()
         for f in files.values():
             f.close()
         t_enc = time.time() - t_enc
-        if t_progress[1]:
-            print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr)
+        end_progress()
 
         if one_doc:  # move the last val_fraction of the tokens from train to val
             n_val_tok = int(counts['train'] * val_fraction)
@@ -463,38 +557,43 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=8192, text_field='
             die(f"corpus too small for a validation split: the {n_val} validation document(s) hold "
                 f"{counts['val']} tokens; add text or raise --val_docs / --val_fraction")
 
-        # commit: from here the old dataset (if any) is gone; meta.json comes last
-        meta_path = ds / 'meta.json'
-        if meta_path.exists():
-            meta_path.unlink()
-        stored = tokenizer.save_bpe(spec, ds) if spec['kind'] == 'bpe' else spec
-        os.replace(tmp['train'], ds / 'train.bin')
-        os.replace(tmp['val'], ds / 'val.bin')
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
+        # commit, with Ctrl-C / SIGTERM held back until it is done: the old dataset (if any)
+        # goes, the new one comes, meta.json last (a crash midway leaves no meta.json)
+        with _stop_signals_blocked():
+            meta_path = ds / 'meta.json'
+            if meta_path.exists():
+                meta_path.unlink()
+            stored = tokenizer.save_bpe(spec, ds) if spec['kind'] == 'bpe' else spec
+            os.replace(tmp['train'], ds / 'train.bin')
+            os.replace(tmp['val'], ds / 'val.bin')
+            n_tok = counts['train'] + counts['val']
+            meta = {
+                'vocab_size': tok.n_vocab, 'dtype': np.dtype(dtype).name,
+                'train_tokens': counts['train'], 'val_tokens': counts['val'], 'tokenizer': stored,
+                'eot': tok.eot, 'documents': counts['train_docs'] + counts['val_docs'],
+                'train_documents': counts['train_docs'], 'val_documents': counts['val_docs'],
+                'split': (f'the last {val_fraction:g} of its tokens' if one_doc
+                          else f'{n_val} random documents (seed {seed})'),
+                'text_bytes': counts['bytes'], 'bytes_per_token': round(counts['bytes'] / max(1, n_tok), 4),
+                'bad_lines': bad['bad_lines'], 'bad_bytes': bad['bad_bytes'],
+                'sources': paths[:20] + ([f'... and {len(paths) - 20} more'] if len(paths) > 20 else []),
+            }
+            tokenizer.write_atomic(meta_path, json.dumps(meta, indent=1))
+            committed = True
+        # (a Ctrl-C held back during the commit arrives here: after a complete dataset)
+    except BaseException as e:
+        stop_workers(procs)
         for f in files.values():
             f.close()
-        for p in tmp.values():
+        for p in (*tmp.values(), ds / 'meta.json.tmp'):
             if p.exists():
                 p.unlink()
-        if made_dir and not any(ds.iterdir()):
-            ds.rmdir()
+        for d in made_dirs:  # deepest first
+            if d.exists() and not any(d.iterdir()):
+                d.rmdir()
+        if isinstance(e, KeyboardInterrupt) and committed:
+            raise KeyboardInterrupt(f'{ds}/ was already complete') from None
         raise
-
-    n_tok = counts['train'] + counts['val']
-    meta = {
-        'vocab_size': tok.n_vocab, 'dtype': np.dtype(dtype).name,
-        'train_tokens': counts['train'], 'val_tokens': counts['val'], 'tokenizer': stored,
-        'eot': tok.eot, 'documents': counts['train_docs'] + counts['val_docs'], 'train_documents': counts['train_docs'],
-        'val_documents': counts['val_docs'],
-        'split': (f'the last {val_fraction:g} of its tokens' if one_doc
-                  else f'{n_val} random documents (seed {seed})'),
-        'text_bytes': counts['bytes'], 'bytes_per_token': round(counts['bytes'] / max(1, n_tok), 4),
-        'bad_lines': bad['bad_lines'], 'bad_bytes': bad['bad_bytes'],
-        'sources': paths[:20] + ([f'... and {len(paths) - 20} more'] if len(paths) > 20 else []),
-    }
-    tokenizer.write_atomic(ds / 'meta.json', json.dumps(meta, indent=1))
 
     if not quiet:
         report_bad(bad)
@@ -526,20 +625,27 @@ def prepare_known(name, out_dir='data'):
     return prepare(name, out_dir=out_dir, workers=1)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM: clean up exactly as for Ctrl-C
+
+
 @contextlib.contextmanager
 def friendly_errors(debug=False):
     """Errors as one line, no traceback (unless --debug or NANOLM_DEBUG=1)."""
     debug = debug or os.environ.get('NANOLM_DEBUG', '') not in ('', '0')
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print('\ninterrupted: no dataset was written', file=sys.stderr)
+        end_progress()
+        print(f"interrupted: {str(e) or 'no dataset was written'}", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as e:
         if debug:
             raise
+        if isinstance(e, (ValueError, OSError)):  # bad input or a file problem: the message says it
+            die(str(e))
         die(f'{type(e).__name__}: {e} (rerun with --debug for the traceback)')
 
 
@@ -550,7 +656,7 @@ def main():
     ap.add_argument('--input', nargs='+', help='text files, .jsonl, .gz, globs or folders')
     ap.add_argument('--tokenizer', dest='tokenizer_name',
                     help='gpt2 | cl100k_base | o200k_base | char | bpe | path/to/saved/bpe (default: gpt2)')
-    ap.add_argument('--vocab_size', type=int, default=8192, help='for --tokenizer=bpe')
+    ap.add_argument('--vocab_size', type=int, help=f'for --tokenizer=bpe (default {DEFAULT_VOCAB})')
     ap.add_argument('--text_field', default='text', help='the field of each .jsonl line that holds the text')
     ap.add_argument('--split_blocks', action='store_true', help='.txt: one document per blank-line-separated block')
     ap.add_argument('--val_fraction', type=float, default=0.1)
@@ -563,8 +669,11 @@ def main():
     ap.add_argument('--debug', action='store_true', help='show full tracebacks')
     args = vars(ap.parse_args())
     debug = args.pop('debug')
+    signal.signal(signal.SIGTERM, _interrupt)  # schedulers and Kaggle stop a job with SIGTERM
     with friendly_errors(debug):
         prepare(**args)
+        for s in _STOP_SIGNALS:  # the dataset is complete: nothing left to interrupt
+            signal.signal(s, signal.SIG_IGN)
 
 
 if __name__ == '__main__':

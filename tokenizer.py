@@ -181,12 +181,19 @@ def ranks_to_text(ranks):
     return ''.join(f'{base64.b64encode(t).decode()} {r}\n' for t, r in sorted(ranks.items(), key=lambda x: x[1]))
 
 
-def ranks_from_text(text):
+def ranks_from_text(text, where='the ranks'):
+    """Parse the .tiktoken format; a file that is not one fails with a ValueError naming the line."""
     ranks = {}
-    for line in text.splitlines():
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok)] = int(rank)
+            try:
+                tok, rank = line.split()
+                ranks[base64.b64decode(tok, validate=True)] = int(rank)
+            except ValueError:  # also binascii.Error
+                raise ValueError(f"{where}: line {i} is not 'base64-token rank' "
+                                 f"(a .tiktoken file made by tokenizer.py?): {line[:40]!r}") from None
+    if not all(bytes([b]) in ranks for b in range(256)) or len(set(ranks.values())) != len(ranks):
+        raise ValueError(f'{where}: not a byte-level BPE (it needs all 256 single bytes and distinct ranks)')
     return ranks
 
 
@@ -219,21 +226,44 @@ def write_atomic(path, text):
 # Loading: spec -> tok with encode / encode_special / decode / n_vocab / eot / special
 
 def load(spec, base_dir=None):
-    kind = spec['kind']
+    """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError."""
+    need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',)}
+    kind = spec.get('kind') if isinstance(spec, dict) else None
+    if kind not in need:
+        raise ValueError(f'not a tokenizer spec (its kind should be one of {", ".join(need)}): {str(spec)[:80]}')
+    missing = [k for k in need[kind] + (() if kind != 'bpe' or 'ranks' in spec else ('ranks_file',)) if k not in spec]
+    if missing:
+        raise ValueError(f'{kind} tokenizer spec without {", ".join(missing)}')
     if kind == 'tiktoken':
-        enc = tiktoken.get_encoding(spec['name'])
-        return _wrap_tiktoken(enc)
+        return _wrap_tiktoken(_get_encoding(spec['name']))
     if kind == 'bpe':
         if 'ranks' in spec:
             ranks = ranks_from_text(spec['ranks'])
         else:
-            ranks = ranks_from_text((Path(base_dir or '.') / spec['ranks_file']).read_text())
-        enc = tiktoken.Encoding(spec.get('name', 'nanolm-bpe'), pat_str=spec['pat_str'],
-                                mergeable_ranks=ranks, special_tokens=spec['special'])
+            path = Path(base_dir or '.') / spec['ranks_file']
+            ranks = ranks_from_text(path.read_text(encoding='utf-8', errors='replace'), where=str(path))
+        try:
+            enc = tiktoken.Encoding(spec.get('name', 'nanolm-bpe'), pat_str=spec['pat_str'],
+                                    mergeable_ranks=ranks, special_tokens=spec['special'])
+        except Exception as e:  # e.g. a pat_str the regex engine rejects
+            raise ValueError(f'bad bpe tokenizer spec: {e}') from None
         return _wrap_tiktoken(enc)
-    if kind == 'char':
-        return _char_tok(spec['chars'])
-    raise ValueError(f'unknown tokenizer kind {kind!r}')
+    return _char_tok(spec['chars'])
+
+
+def _get_encoding(name):
+    """tiktoken.get_encoding, failing with one line: its BPE files are downloaded on first use,
+    and offline that surfaced as a long HTTPSConnectionPool(...) error from requests."""
+    if name not in tiktoken.list_encoding_names():
+        raise ValueError(f"unknown tiktoken encoding {name!r} (known: {', '.join(tiktoken.list_encoding_names())})")
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:
+        cache = os.environ.get('TIKTOKEN_CACHE_DIR')
+        where = f'TIKTOKEN_CACHE_DIR={cache} does not hold them' if cache else 'TIKTOKEN_CACHE_DIR is not set'
+        raise ValueError(f"could not load tiktoken's {name!r} BPE ({type(e).__name__}; no network?): download it "
+                         f"once with network, or set TIKTOKEN_CACHE_DIR to a folder holding its cached files "
+                         f"({where})") from e
 
 
 def _wrap_tiktoken(enc):
@@ -258,9 +288,11 @@ def _char_tok(chars):
         cp = np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), dtype=np.uint32).astype(np.int64)
         ids = lut[np.minimum(cp, len(lut) - 1)]
         bad = (ids < 0) | (cp >= len(lut))
-        if bad.any():
-            c = text[int(np.argmax(bad))]
-            raise ValueError(f'character {c!r} is not in this char vocabulary')
+        if bad.any():  # e.g. a prompt for sample.py with a letter the corpus never had
+            unseen = sorted(set(chr(c) for c in cp[bad].tolist()))
+            shown = ' '.join(repr(c) for c in unseen[:10]) + (f' and {len(unseen) - 10} more' if len(unseen) > 10 else '')
+            raise ValueError(f'character(s) {shown} not in this char vocabulary (the {len(chars)} characters '
+                             f'of the text it was prepared from)')
         return ids.tolist()
 
     def encode_special(text):
@@ -278,10 +310,31 @@ def _char_tok(chars):
                            encode=encode, encode_special=encode_special, decode=decode)
 
 
+META_KEYS = ('tokenizer', 'vocab_size', 'dtype', 'train_tokens', 'val_tokens')  # what train.py needs
+
+
 def from_meta(data_dir):
-    """-> (tok, meta) for a prepared dataset directory such as data/shakespeare_char."""
-    meta = json.loads((Path(data_dir) / 'meta.json').read_text(encoding='utf-8'))
-    return load(meta['tokenizer'], base_dir=data_dir), meta
+    """-> (tok, meta) for a prepared dataset directory such as data/shakespeare_char. A missing or
+    damaged meta.json (or tokenizer file) raises one ValueError line saying to rerun prepare.py."""
+    path = Path(data_dir) / 'meta.json'
+    rerun = f'rerun: python prepare.py {Path(data_dir).resolve().name}'
+    try:
+        meta = json.loads(path.read_text(encoding='utf-8'))
+        if not isinstance(meta, dict):
+            raise ValueError(f'a JSON {type(meta).__name__}, not an object')
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f'no {", ".join(missing)}')
+    except FileNotFoundError:
+        raise ValueError(f'{path} not found (not a prepared dataset); {rerun}') from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f'{path} is damaged ({e}); {rerun}') from None
+    if isinstance(meta['tokenizer'], dict) and meta['tokenizer'].get('kind') == 'tiktoken':
+        return load(meta['tokenizer']), meta  # its own message when offline: rerunning won't help
+    try:
+        return load(meta['tokenizer'], base_dir=data_dir), meta
+    except (OSError, ValueError) as e:
+        raise ValueError(f'cannot load the tokenizer of {data_dir}: {e}; {rerun}') from None
 
 
 def portable_spec(src, base_dir=None):
@@ -302,9 +355,19 @@ def read_spec(path):
     if p.is_dir():
         p = p / 'tokenizer.json'
     if not p.exists():
-        raise FileNotFoundError(f'no tokenizer at {path} (expected a dir with tokenizer.json and '
-                                f'tokenizer.tiktoken, made by tokenizer.py or prepare.py --tokenizer=bpe)')
-    return portable_spec(json.loads(p.read_text(encoding='utf-8')), base_dir=p.parent)
+        raise ValueError(f'no tokenizer at {path} (expected a folder with tokenizer.json and '
+                         f'tokenizer.tiktoken, made by tokenizer.py or prepare.py --tokenizer=bpe)')
+    try:
+        spec = json.loads(p.read_text(encoding='utf-8'))
+        if not (isinstance(spec, dict) and spec.get('kind') == 'bpe' and ('ranks' in spec or 'ranks_file' in spec)):
+            raise ValueError('not the tokenizer.json of a bpe')
+        ranks_path = p.parent / spec.get('ranks_file', '')
+        spec = portable_spec(spec, base_dir=p.parent)
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{p} is not a usable tokenizer ({e})') from None
+    ranks_from_text(spec['ranks'], where=str(ranks_path))  # check now, with a message naming the file
+    load(spec)
+    return spec
 
 
 # -----------------------------------------------------------------------------

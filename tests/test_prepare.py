@@ -278,6 +278,69 @@ def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
     assert not list((tmp_path / 'data' / 'new').glob('*.bin*'))
 
 
+@pytest.fixture(scope='module')
+def big_jsonl(tmp_path_factory):
+    """About 10 MB of JSONL: encoding it with 2 workers takes about a second here."""
+    import random
+    rng = random.Random(0)
+    words = 'the cat a dog sees likes river house garden old man king 明月 光 and then'.split()
+    path = tmp_path_factory.mktemp('big') / 'big.jsonl'
+    with open(path, 'w', encoding='utf-8') as f:
+        for _ in range(20000):
+            f.write(json.dumps({'text': ' '.join(rng.choices(words, k=100))}, ensure_ascii=False) + '\n')
+    return path
+
+
+@pytest.mark.parametrize('sig,moment', [('SIGINT', 0.5), ('SIGINT', 'encoding:'), ('SIGTERM', 'encoding:'),
+                                        ('SIGTERM', 0.7)])
+def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, moment):
+    """Ctrl-C reaches the whole process group (main and workers), as does a scheduler's SIGTERM.
+    Once, with multiprocessing.Pool, the main process then hung forever on a lock held by a dead
+    worker. Now: exit 130 within seconds, one line, nothing left in the output folder, no process
+    left. moment: seconds after start (counting pass / workers starting), or a progress word."""
+    import signal
+    import threading
+    import time
+    if not hasattr(os, 'killpg'):
+        pytest.skip('needs POSIX process groups')
+    out = tmp_path / 'out'
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, str(ROOT / 'prepare.py'), 'x', '--input', str(big_jsonl), '--workers=2',
+                          '--tokenizer=char', f'--out_dir={out}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True, env={**os.environ, 'NANOLM_DEBUG': ''})
+    err = []  # stderr as it comes: progress lines end in \r, not \n
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(p.stderr.fileno(), 4096), b'')))
+    reader.start()
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 60:
+        if moment in b''.join(err).decode() if isinstance(moment, str) else time.time() - t0 > moment:
+            break
+        time.sleep(0.01)
+    assert p.poll() is None, 'prepare.py finished before the signal: make the corpus bigger'
+    t1 = time.time()
+    os.killpg(p.pid, getattr(signal, sig))
+    try:
+        code = p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError(f'prepare.py hung after {sig}')
+    reader.join(5)
+    assert code == 130 and time.time() - t1 < 5
+    text = b''.join(err).decode()
+    lines = [l.strip() for l in text.replace('\r', '\n').splitlines() if l.strip()]
+    assert 'Traceback' not in text and lines[-1] == 'interrupted: no dataset was written', text
+    assert sum('interrupted' in l or 'error' in l for l in lines) == 1  # the rest is progress
+    assert list(out.iterdir()) == []  # no train.bin, val.bin, meta.json, temp files or folder
+    for _ in range(100):  # the workers are gone too
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError('worker processes outlived prepare.py')
+
+
 # ----------------------------------------------------------------------------- known datasets
 
 class FakeResponse:

@@ -168,8 +168,8 @@ def test_char_tokenizer():
     assert tok.encode('ab 明\n') == [2, 3, 1, 5, 0]
     assert tok.decode(tok.encode_special('a<|endoftext|>b')) == 'a<|endoftext|>b'
     assert tok.encode_special('a<|endoftext|>b') == [2, 6, 3]
-    with pytest.raises(ValueError, match="'z' is not in"):
-        tok.encode('abz')
+    with pytest.raises(ValueError, match=r"^character\(s\) 'z' 'é' not in this char vocabulary"):
+        tok.encode('abzéz')  # sample.py passes prompts through this: name every unseen character
 
 
 def test_cli_trains_a_reusable_tokenizer(tmp_path):
@@ -209,3 +209,119 @@ def test_tang_bpe_beats_gpt2_and_cl100k():
     gpt2 = bpt(T.load({'kind': 'tiktoken', 'name': 'gpt2'}))
     cl100k = bpt(T.load({'kind': 'tiktoken', 'name': 'cl100k_base'}))
     assert ours >= 2 * gpt2 and ours > cl100k, (ours, gpt2, cl100k)
+
+
+def test_offline_without_cache_is_one_clear_error(tmp_path, monkeypatch):
+    """No network and no cached GPT-2 BPE: one ValueError line, not requests' HTTPSConnectionPool(...).
+    Nothing reaches the network: the download is replaced by one that fails."""
+    import requests
+    import tiktoken.load
+    import tiktoken.registry
+    tried = []
+
+    def offline(url, *a, **k):
+        tried.append(url)
+        raise requests.ConnectionError(f"HTTPSConnectionPool(host='x', port=443): Max retries exceeded with url: {url}")
+    monkeypatch.setattr(tiktoken.load, 'read_file', offline)
+    monkeypatch.setattr(requests, 'get', offline)  # belt and braces
+    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})  # forget encodings loaded by other tests
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path))  # an empty cache
+    with pytest.raises(ValueError) as e:
+        T.load({'kind': 'tiktoken', 'name': 'gpt2'})
+    msg = str(e.value)
+    assert tried and '\n' not in msg and 'HTTPSConnectionPool' not in msg
+    for w in ("tiktoken's 'gpt2' BPE", 'no network', 'TIKTOKEN_CACHE_DIR', str(tmp_path)):
+        assert w in msg, (w, msg)
+    with pytest.raises(ValueError, match="unknown tiktoken encoding 'gpt3'"):
+        T.load({'kind': 'tiktoken', 'name': 'gpt3'})
+
+
+def test_offline_message_from_prepare_cli_reads_well(tmp_path, monkeypatch, capsys):
+    """prepare.py says it once, without a "ValueError:" prefix, and writes nothing."""
+    import tiktoken.load
+    import tiktoken.registry
+    import prepare
+
+    def offline(url, *a, **k):
+        raise ConnectionError('no network')
+    monkeypatch.setattr(tiktoken.load, 'read_file', offline)
+    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', ['prepare.py', 'x', '--input', __file__, f'--out_dir={tmp_path}'])
+    with pytest.raises(SystemExit) as ex:
+        prepare.main()
+    err = capsys.readouterr().err.strip()
+    assert ex.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: could not load tiktoken's 'gpt2' BPE") and 'ValueError' not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.fixture
+def saved_bpe(tmp_path):
+    ranks = T.train_bpe([SAMPLES['english'] * 3], 300)
+    T.save_bpe(T.bpe_spec(ranks), tmp_path / 'tok')
+    return tmp_path / 'tok'
+
+
+@pytest.mark.parametrize('damage,words', [
+    ('missing', ['no tokenizer at']),
+    ('empty folder', ['no tokenizer at', 'tokenizer.json']),
+    ('garbage ranks', ['tokenizer.tiktoken', 'line 2', 'base64-token rank']),
+    ('ranks without single bytes', ['tokenizer.tiktoken', 'not a byte-level BPE']),
+    ('ranks file gone', ['tokenizer.json is not a usable tokenizer', 'tokenizer.tiktoken']),
+    ('json not json', ['tokenizer.json is not a usable tokenizer']),
+    ('json of something else', ['not the tokenizer.json of a bpe']),
+])
+def test_damaged_saved_tokenizer_is_one_value_error(saved_bpe, damage, words):
+    d = saved_bpe
+    if damage == 'missing':
+        d = d.parent / 'nope'
+    elif damage == 'empty folder':
+        shutil.rmtree(d)
+        d.mkdir()
+    elif damage == 'garbage ranks':
+        (d / 'tokenizer.tiktoken').write_text('QQ== 65\nnot base64!! x\n')
+    elif damage == 'ranks without single bytes':
+        (d / 'tokenizer.tiktoken').write_text('QQ== 0\n')
+    elif damage == 'ranks file gone':
+        (d / 'tokenizer.tiktoken').unlink()
+    elif damage == 'json not json':
+        (d / 'tokenizer.json').write_text('{"kind": "bpe",')
+    else:
+        (d / 'tokenizer.json').write_text('{"kind": "char", "chars": "ab"}')
+    with pytest.raises(ValueError) as e:
+        T.read_spec(d)
+    msg = str(e.value)
+    assert '\n' not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+GOOD_META = {'tokenizer': {'kind': 'char', 'chars': 'ab'}, 'vocab_size': 3, 'dtype': 'uint16',
+             'train_tokens': 10, 'val_tokens': 2}
+
+
+@pytest.mark.parametrize('content,words', [
+    (None, ['meta.json not found']),
+    ('{"vocab_size": 3,', ['meta.json is damaged']),
+    ('[1, 2]', ['meta.json is damaged', 'list']),
+    (json.dumps({k: v for k, v in GOOD_META.items() if k not in ('tokenizer', 'dtype')}),
+     ['meta.json is damaged', 'tokenizer, dtype']),
+    (json.dumps({**GOOD_META, 'tokenizer': {'kind': 'bpe', 'pat_str': 'x', 'special': {}, 'ranks_file': 'gone'}}),
+     ['cannot load the tokenizer', 'gone']),
+    (json.dumps({**GOOD_META, 'tokenizer': 'char'}), ['cannot load the tokenizer', 'not a tokenizer spec']),
+])
+def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
+    d = tmp_path / 'mydata'
+    d.mkdir()
+    if content is not None:
+        (d / 'meta.json').write_text(content)
+    with pytest.raises(ValueError) as e:
+        T.from_meta(d)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.endswith('rerun: python prepare.py mydata'), msg
+    for w in words:
+        assert w in msg, (w, msg)
+    (d / 'meta.json').write_text(json.dumps(GOOD_META))
+    tok, meta = T.from_meta(d)  # and the good one loads
+    assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
