@@ -251,6 +251,54 @@ def test_bad_input_overwrites_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
 
 
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    """An input file, a saved bpe and a char dataset 'x' in data/: bad runs must leave it as it is."""
+    root = tmp_path_factory.mktemp('bad')
+    write_jsonl(root / 'a.jsonl', DOCS)
+    prepare.prepare('x', input=[str(root / 'a.jsonl')], tokenizer_name='char', out_dir=str(root / 'data'), quiet=True)
+    (root / 'empty_dir').mkdir()
+    (root / 'no_tokenizer').mkdir()
+    (root / 'garbage_tok').mkdir()
+    (root / 'garbage_tok' / 'tokenizer.json').write_text(json.dumps(
+        {'kind': 'bpe', 'pat_str': tokenizer.PAT, 'special': {}, 'ranks_file': 'tokenizer.tiktoken'}))
+    (root / 'garbage_tok' / 'tokenizer.tiktoken').write_text('this is not a ranks file\n')
+    (root / 'numbers.jsonl').write_text('{"text": 5}\n{"text": "ok"}\n')
+    (root / 'nulls.jsonl').write_text('{"text": "ok"}\n{"text": null}\n')
+    (root / 'a_file').write_text('not a folder')
+    return root
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--tokenizer={r}/missing_tok'], ['missing_tok not found']),
+    (['--tokenizer={r}/no_tokenizer'], ['no tokenizer at', 'tokenizer.json']),
+    (['--tokenizer={r}/garbage_tok'], ['garbage_tok/tokenizer.tiktoken', 'line 1']),
+    (['--tokenizer=bpe', '--vocab_size=0'], ['--vocab_size=0 is too small']),
+    (['--tokenizer=bpe', '--vocab_size=-5'], ['--vocab_size=-5 is too small']),
+    (['--tokenizer=char', '--vocab_size=4096'], ['--vocab_size is for --tokenizer=bpe']),
+    (['--val_fraction=0'], ['--val_fraction=0.0 must be between 0 and 1']),
+    (['--val_fraction=1.5'], ['--val_fraction=1.5 must be between 0 and 1']),
+    (['--input={r}/empty_dir'], ['folder', 'empty_dir holds no files']),
+    (['--input={r}/numbers.jsonl'], ['numbers.jsonl:1', "field 'text' is 5, not a string"]),
+    (['--input={r}/nulls.jsonl'], ['nulls.jsonl:2', "field 'text' is null, not a string"]),
+    (['--out_dir={r}/a_file/data'], ['cannot write the dataset to', 'Not a directory']),
+])
+def test_bad_cli_input_is_one_line_and_overwrites_nothing(prepared, args, words):
+    r = prepared
+    d = r / 'data' / 'x'
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    args = [a.format(r=r) for a in args]
+    if not any(a.startswith('--input') for a in args):
+        args.append(f'--input={r}/a.jsonl')
+    if not any(a.startswith('--tokenizer') for a in args):
+        args.append('--tokenizer=char')
+    if not any(a.startswith('--out_dir') for a in args):
+        args.append(f'--out_dir={r}/data')
+    code, out, err = cli('x', *args)
+    assert_one_line_error(code, err, *words)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
 def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
     write_jsonl(tmp_path / 'a.jsonl', DOCS)
     run(tmp_path, name='x', input=[str(tmp_path / 'a.jsonl')])
