@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import asdict
 from contextlib import nullcontext
 
 import numpy as np
@@ -29,7 +30,6 @@ import torch.distributed as dist
 import tokenizer
 from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, make_config, measure_cpu_flops, save_checkpoint, load_checkpoint
-from dataclasses import asdict
 
 # ----------------------------------------------------------------------------- settings
 # run
@@ -282,6 +282,15 @@ def checkpoint(is_best=False):
     save_checkpoint(state, out_dir, keep_last_n=keep_last_n, is_best=is_best)
 
 
+def eval_and_checkpoint():
+    global best_val, last_eval
+    losses = estimate_loss()
+    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+    last_eval, is_best, best_val = iter_num, losses['val'] < best_val, min(best_val, losses['val'])
+    checkpoint(is_best)
+
+
 # The loss history: one JSON line per iteration (and per eval), trimmed on resume to where
 # the checkpoint was taken, so the file always describes exactly one run.
 log_path = os.path.join(out_dir, 'log.jsonl')
@@ -333,13 +342,7 @@ while iter_num < max_iters:
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
-        losses = estimate_loss()
-        say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        last_eval = iter_num
-        log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
-        is_best = losses['val'] < best_val
-        best_val = min(best_val, losses['val'])
-        checkpoint(is_best)
+        eval_and_checkpoint()
         t0 = time.perf_counter()  # don't count eval and saving in this step's time
 
     loss_sum = torch.zeros((), device=device)
@@ -385,40 +388,41 @@ while iter_num < max_iters:
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     if stop.item():
         checkpoint()
-        say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: "
-            f"python {' '.join(sys.argv)} --init_from=resume".replace(' --init_from=resume --init_from=resume', ' --init_from=resume'))
+        launcher = f'torchrun --standalone --nproc_per_node={world}' if ddp else 'python'
+        args = ' '.join(a for a in sys.argv if not a.startswith('--init_from='))
+        say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: {launcher} {args} --init_from=resume")
         sys.exit(128 + int(stop.item()))
 
 # ----------------------------------------------------------------------------- the end
 if iter_num > start_iter:
-    last_eval = iter_num
-    losses = estimate_loss()
-    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} | {time.perf_counter() - t_start:.1f} s in all")
-    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
-    is_best = losses['val'] < best_val
-    best_val = min(best_val, losses['val'])
-    checkpoint(is_best)
+    eval_and_checkpoint()
+    say(f"{iter_num - start_iter} iters in {time.perf_counter() - t_start:.1f} s")
 if master and iter_num > start_iter:
     logf.close()
-    rows = [json.loads(line) for line in open(log_path)]
-    try:
+    try:  # a picture of log.jsonl, when matplotlib is installed
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
+        rows = [json.loads(line) for line in open(log_path)]
+        steps, evals = [r for r in rows if 'loss' in r], [r for r in rows if 'val_loss' in r]
         plt.figure(figsize=(7, 4))
-        plt.plot([r['iter'] for r in rows if 'loss' in r], [r['loss'] for r in rows if 'loss' in r], lw=0.8, label='train (per step)')
-        ev = [r for r in rows if 'val_loss' in r]
-        plt.plot([r['iter'] for r in ev], [r['val_loss'] for r in ev], 'o-', label='val')
+        plt.plot([r['iter'] for r in steps], [r['loss'] for r in steps], lw=0.8, label='train (each step)')
+        plt.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='val')
         plt.xlabel('iter'), plt.ylabel('loss'), plt.legend(), plt.grid(alpha=0.3)
         plt.savefig(os.path.join(out_dir, 'loss.png'), dpi=100, bbox_inches='tight')
         say(f"loss history: {log_path}, plot: {out_dir}/loss.png")
     except ImportError:
         say(f"loss history: {log_path} (pip install matplotlib for a plot)")
     if sample_prompt:
+        try:
+            ids = tok.encode(sample_prompt) or [tok.eot]
+        except ValueError as e:  # e.g. a character the char vocabulary has never seen
+            say(f"note: sample_prompt cannot be encoded ({e}); sampling from end-of-text instead")
+            ids = [tok.eot]
         raw_model.eval()
-        idx = torch.tensor([tok.encode(sample_prompt) or [tok.eot]], device=device)
         with torch.no_grad(), autocast:
-            out = raw_model.generate(idx, sample_tokens, temperature=0.8, top_k=200, generator=torch.Generator(device).manual_seed(seed))
+            out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200,
+                                     generator=torch.Generator(device).manual_seed(seed))
         say("sample:\n" + tok.decode(out[0].tolist()))
 if ddp:
     dist.destroy_process_group()

@@ -81,29 +81,29 @@ def test_signal_saves_and_resumes_exactly(char_data, tmp_path, reference, sig):
 
 
 def test_kill_9_during_checkpoint_writes_never_corrupts(char_data, tmp_path, reference):
-    """Checkpoint at every iteration, SIGKILL at random moments (half of them while a temp
-    file is being written); after every kill the checkpoint on disk loads, and the run
-    resumed after all the kills equals the reference run loss for loss."""
+    """Checkpoint at every iteration and SIGKILL the run again and again: at chosen iterations,
+    and (every other time) right while a checkpoint's temp file is being written. After every
+    kill the checkpoint on disk loads; the run resumed after all the kills equals the
+    reference run loss for loss."""
     out = tmp_path / 'out'
     rng = random.Random(0)
-    kills = 0
     args = ['--eval_interval=1', '--eval_iters=1', '--keep_last_n=2']
-    for attempt in range(8):
+    targets = sorted(rng.sample(range(3, 55), 8))
+    in_write = 0
+    for n, target in enumerate(targets):
         proc = start(char_data, out, *args, *(['--init_from=resume'] if (out / 'ckpt.pt').exists() else []))
-        deadline = time.time() + rng.uniform(2.0, 5.0)
-        while proc.poll() is None and time.time() < deadline:
-            if attempt % 2 and (out / 'ckpt.pt.tmp').exists():
+        wait_for_iter(out, target, proc)
+        t0 = time.time()
+        while n % 2 and proc.poll() is None and time.time() - t0 < 10:
+            if (out / 'ckpt.pt.tmp').exists():
+                in_write += 1
                 break  # kill in the middle of a checkpoint write
-            time.sleep(0.001)
-        if proc.poll() is not None:
-            break
+        assert proc.poll() is None, f'the run ended before kill {n} at iter {target}: {proc.communicate()}'
         proc.kill()
         proc.communicate()
-        kills += 1
-        if (out / 'ckpt.pt').exists():
-            ck = load_checkpoint(out / 'ckpt.pt')
-            assert 0 < ck['iter_num'] <= 60 and set(ck['model']) == set(torch.load(out / 'ckpt.pt', weights_only=True)['model'])
-    assert kills >= 4
+        ck = load_checkpoint(out / 'ckpt.pt')
+        assert 0 < ck['iter_num'] <= 60 and set(ck['model']) == set(torch.load(out / 'ckpt.pt', weights_only=True)['model'])
+    assert in_write >= 1
     train(char_data, out, *args, '--init_from=resume')
     assert losses(out)[0] == reference[0]
     assert len([f for f in os.listdir(out) if f.startswith('ckpt_')]) == 2
