@@ -249,16 +249,19 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
         """AdamW with weight decay on matrices (embeddings, Linear weights) only: decaying
         biases and norm gains just pulls them toward 0 for no benefit."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-        # The fused kernel does the whole update in one launch on CUDA; elsewhere use the default.
-        extra = dict(fused=True) if device_type == 'cuda' else dict(foreach=True)
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        # The fused kernel updates every tensor in one pass (on CPU too: 15 -> 5 ms a step for
+        # the verdict model); older torch, or a device without one, gets the default instead.
+        try:
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self):
         """Training FLOPs per token: 6 per parameter (forward + backward) plus attention scores
@@ -329,15 +332,19 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def measure_cpu_flops(seconds=0.3):
-    """Peak FLOP/s for MFU where no spec sheet applies (CPU, MPS): time a square fp32 matmul."""
+def measure_cpu_flops(rounds=5, seconds=0.05):
+    """Peak FLOP/s for MFU where no spec sheet applies (CPU, MPS): the best of a few timed
+    square fp32 matmuls (the best, because a busy machine only ever makes a round slower)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return 2 * 1024 ** 3 * n / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(rounds):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+        best = max(best, 2 * 1024 ** 3 * n / (time.perf_counter() - t0))
+    return best
 
 
 # ----------------------------------------------------------------------------- checkpoints

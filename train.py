@@ -188,7 +188,7 @@ elif os.path.exists(ckpt_path) and not overwrite:
     die(f"{out_dir}/ already holds a run; resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to replace it")
 
 model = GPT(mcfg).to(device)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
 if ckpt is not None:
     model.load_state_dict(ckpt['model'])
     # Older or hand-made checkpoints may lack any of the rest: resume with what is there, and say so.

@@ -122,9 +122,10 @@ def test_init_scales_residual_projections():
 
 def test_optimizer_decays_only_matrices():
     model = tiny('gpt2')
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert opt.defaults['fused']  # one kernel for the whole update, on CPU as on CUDA
     assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() == 1 for p in no_decay['params'])
     assert sum(p.numel() for g in opt.param_groups for p in g['params']) == sum(p.numel() for p in model.parameters())
 
