@@ -314,15 +314,17 @@ def log(**row):
 
 
 # SIGINT (Ctrl-C) and SIGTERM (Kaggle, Slurm, docker stop) finish the current step, save, and exit.
-stop_signal = 0
+stop_signal, stop_time = 0, 0.0
 
 
 def on_signal(signum, frame):
-    global stop_signal
-    if stop_signal:  # a second Ctrl-C: stop now; the last checkpoint on disk is complete
+    global stop_signal, stop_time
+    if not stop_signal:
+        stop_signal, stop_time = signum, time.time()
+        say(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (Ctrl-C again to quit at once)")
+    elif time.time() - stop_time > 2:  # a second Ctrl-C; the last checkpoint on disk is complete
         raise KeyboardInterrupt
-    stop_signal = signum
-    say(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (again to quit at once)")
+    # else: an echo of the same stop (torchrun forwards a Ctrl-C as SIGINT, then SIGTERM): already on it
 
 
 signal.signal(signal.SIGINT, on_signal)

@@ -178,3 +178,26 @@ def test_world_size_change_is_allowed_and_said(char_data, tmp_path):
     torch.save(ck, out / 'ckpt.pt')
     p = train(char_data, out, '--init_from=resume', '--max_iters=15', '--batch_size=8')
     assert 'world size 2 -> 1' in p.stdout and 'batch_size 16 -> 8' in p.stdout
+
+
+def test_ctrl_c_under_torchrun_saves_and_resumes_exactly(char_data, tmp_path):
+    """Ctrl-C in a terminal reaches torchrun and both workers (which torchrun also sends
+    SIGINT, then SIGTERM): the run still saves once and resumes as if never stopped."""
+    def torchrun(out, *args, **kw):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(ROOT / 'train.py'),
+               *RUN, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=40', '--lr_decay_iters=40', *args]
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, 'OMP_NUM_THREADS': '1'}, **kw)
+    ref = tmp_path / 'ref'
+    p = torchrun(ref)
+    assert p.wait(timeout=300) == 0, p.communicate()[1][-2000:]
+    out = tmp_path / 'out'
+    p = torchrun(out, start_new_session=True)  # its own process group, like a terminal's foreground job
+    wait_for_iter(out, 15, p)
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert 'Resume with: torchrun --standalone --nproc_per_node=2' in stdout, stderr[-2000:]
+    assert load_checkpoint(out / 'ckpt.pt')['world_size'] == 2
+    p = torchrun(out, '--init_from=resume')
+    assert p.wait(timeout=300) == 0, p.communicate()[1][-2000:]
+    assert losses(out) == losses(ref)
