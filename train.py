@@ -302,8 +302,9 @@ if master:
             rows = [json.loads(line) for line in f if line.endswith('}\n')]  # (a kill -9 can cut the last line)
     # keep the eval the checkpoint was taken at (logged just before the save), drop what came after
     rows = [r for r in rows if r['iter'] < iter_num or (r['iter'] == last_eval == iter_num and 'val_loss' in r)]
-    with open(log_path, 'w') as f:
+    with open(log_path + '.tmp', 'w') as f:  # then rename: a kill here must not cost the history
         f.writelines(json.dumps(r) + '\n' for r in rows)
+    os.replace(log_path + '.tmp', log_path)
 logf = open(log_path, 'a') if master else None
 
 

@@ -103,7 +103,7 @@ def test_kill_9_during_checkpoint_writes_never_corrupts(char_data, tmp_path, ref
         proc.communicate()
         ck = load_checkpoint(out / 'ckpt.pt')
         assert 0 < ck['iter_num'] <= 60 and set(ck['model']) == set(torch.load(out / 'ckpt.pt', weights_only=True)['model'])
-    assert in_write >= 1
+    assert in_write >= 2, in_write
     train(char_data, out, *args, '--init_from=resume')
     assert losses(out)[0] == reference[0]
     assert len([f for f in os.listdir(out) if f.startswith('ckpt_')]) == 2
