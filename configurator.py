@@ -63,7 +63,10 @@ def resolve_device(device, dtype):
     if kind == 'mps' and not torch.backends.mps.is_available():
         die(f"device={device} but MPS is not available here; use --device=cpu")
     if dtype == 'auto':
-        dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if kind == 'cuda' else 'float32'
+        # Compute capability 8.0+ (Ampere) runs bf16 natively; is_bf16_supported() would also say
+        # yes on a T4 (emulated, slow), so ask the chosen device for its capability instead.
+        native_bf16 = kind == 'cuda' and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+        dtype = 'float32' if kind != 'cuda' else 'bfloat16' if native_bf16 else 'float16'
     if dtype not in ('float32', 'bfloat16', 'float16'):
         die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
     return device, kind, dtype
@@ -75,7 +78,7 @@ def _parse_value(key, raw, default):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw  # not a Python literal: a plain string such as cpu or config/x.py
-    if isinstance(default, bool) and isinstance(value, str) and value.lower() in ('true', 'false'):
+    if (default is None or isinstance(default, bool)) and isinstance(value, str) and value.lower() in ('true', 'false'):
         value = value.lower() == 'true'
     if default is None or type(value) is type(default):
         return value

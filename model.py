@@ -62,6 +62,8 @@ class ModelConfig:
             (self.mlp in ('gelu', 'swiglu'), f"mlp={self.mlp!r} must be 'gelu' or 'swiglu'"),
             (min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_embd) > 0, "block_size, vocab_size, n_layer, n_head and n_embd must be positive"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+            (isinstance(self.bias, bool) and isinstance(self.tie_embeddings, bool),
+             f"bias={self.bias!r} and tie_embeddings={self.tie_embeddings!r} must be True or False"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -220,11 +222,13 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=True):
-        """Parameter count. Position embeddings are left out by default, as in GPT-2's paper;
-        the token embedding stays in because, tied, it is also the output layer."""
+        """Parameter count. non_embedding leaves out the tables that are only looked up, not
+        multiplied: position embeddings, and the token embedding when it is not tied to the
+        output layer (tied, it is also the (C, V) matmul at the top, so it counts)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.wpe is not None:
-            n -= self.wpe.weight.numel()
+        if non_embedding:
+            n -= self.wpe.weight.numel() if self.wpe is not None else 0
+            n -= self.wte.weight.numel() if not self.cfg.tie_embeddings else 0
         return n
 
     def forward(self, idx, targets=None, cache=None, pos=0, last_only=False):
@@ -332,17 +336,21 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def measure_cpu_flops(rounds=5, seconds=0.05):
-    """Peak FLOP/s for MFU where no spec sheet applies (CPU, MPS): the best of a few timed
-    square fp32 matmuls (the best, because a busy machine only ever makes a round slower)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def measure_flops(device='cpu', dtype=torch.float32, rounds=5, seconds=0.05):
+    """Peak FLOP/s for MFU where no spec sheet applies (a CPU, a Mac, an unlisted GPU): the best
+    of a few timed square matmuls (the best, because a busy machine only makes a round slower)."""
+    a, b = torch.randn(1024, 1024, device=device, dtype=dtype), torch.randn(1024, 1024, device=device, dtype=dtype)
+    kind = torch.device(device).type
+    sync = torch.cuda.synchronize if kind == 'cuda' else torch.mps.synchronize if kind == 'mps' else (lambda: None)
     a @ b  # warm-up
     best = 0.0
     for _ in range(rounds):
+        sync()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             n += 1
+        sync()
         best = max(best, 2 * 1024 ** 3 * n / (time.perf_counter() - t0))
     return best
 

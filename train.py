@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import tokenizer
 from configurator import configure, die, resolve_device
-from model import GPT, ModelConfig, make_config, measure_cpu_flops, save_checkpoint, load_checkpoint
+from model import GPT, ModelConfig, make_config, measure_flops, save_checkpoint, load_checkpoint
 
 # ----------------------------------------------------------------------------- settings
 # run
@@ -95,8 +95,12 @@ too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_
                                          'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
 if too_small:
     die(f"{', '.join(too_small)}: must be at least 1")
+if not out_dir:
+    die("out_dir is empty; give a folder, e.g. --out_dir=out-verdict")
 if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip) < 0:
     die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay and grad_clip must not be negative")
+if min_lr > learning_rate:
+    die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
 if dtype == 'float16' and device_type != 'cuda':
     die("dtype=float16 needs a CUDA GPU (it relies on GradScaler); use bfloat16 or float32 here")
 if ddp:
@@ -178,6 +182,11 @@ if init_from == 'resume':
     old = ckpt.get('config', {})
     changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate')
                if k in old and old[k] != config[k]]
+    if not lr_decay_iters and old.get('max_iters', max_iters) != max_iters:
+        # The cosine ends at max_iters; stretching it now would send the LR back up. Keep the
+        # run's own end (after it, min_lr) unless --lr_decay_iters says otherwise.
+        lr_decay_iters = config['lr_decay_iters'] = old.get('lr_decay_iters') or old['max_iters']
+        changed.append(f"the LR still decays to min_lr at iter {lr_decay_iters} (set --lr_decay_iters to move that)")
     if ckpt.get('world_size', 1) != world:
         changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (batches are drawn from new random streams)")
     if changed:
@@ -186,6 +195,10 @@ elif init_from != 'scratch':
     die(f"init_from={init_from!r} must be 'scratch' or 'resume'")
 elif os.path.exists(ckpt_path) and not overwrite:
     die(f"{out_dir}/ already holds a run; resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to replace it")
+elif os.path.exists(ckpt_path) and master:  # --overwrite=True: none of the old run's files may outlive it
+    for name in os.listdir(out_dir):
+        if name.endswith('.pt') or name in ('log.jsonl', 'loss.png'):
+            os.remove(os.path.join(out_dir, name))
 
 model = GPT(mcfg).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
@@ -223,9 +236,10 @@ if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 if not peak_flops:
-    gpu_peaks = {'H100': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12, '3090': 71e12, 'T4': 65e12, 'V100': 125e12}
-    name = torch.cuda.get_device_name() if device_type == 'cuda' else ''
-    peak_flops = next((v for k, v in gpu_peaks.items() if k in name), 0.0) or measure_cpu_flops()
+    # dense bf16/fp16 tensor-core peaks; the first name found in the device's name wins (L40S before L4)
+    gpu_peaks = {'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, '4090': 165e12, '3090': 71e12, 'T4': 65e12, 'V100': 125e12}
+    name = torch.cuda.get_device_name(device) if device_type == 'cuda' else ''
+    peak_flops = next((v for k, v in gpu_peaks.items() if k in name), 0.0) or measure_flops(device, ptdtype)
 
 
 def get_lr(it):
@@ -274,6 +288,9 @@ def checkpoint(is_best=False):
            'cuda': gather(torch.cuda.get_rng_state()) if device_type == 'cuda' else [],
            'python': (lambda s: (s[0], list(s[1]), s[2]))(random.getstate()),
            'numpy': (lambda s: (s[0], torch.from_numpy(s[1].astype(np.int64)), *s[2:]))(np.random.get_state())}
+    sums = gather(sum(p.double().sum().item() for p in raw_model.parameters()))
+    if len(set(sums)) > 1:  # gradient all-reduce failed somewhere: saving would bless rank 0's copy
+        die(f"the {world} processes no longer hold the same weights (parameter sums {sums}); the last checkpoint is untouched")
     if not master:
         return
     state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
@@ -335,7 +352,7 @@ signal.signal(signal.SIGTERM, on_signal)
 say(f"config: {json.dumps(config)}")
 say(f"model: {arch}, {raw_model.num_params() / 1e6:.2f}M parameters | data: {ds_dir} {len(data['train']):,} train / "
     f"{len(data['val']):,} val tokens | {tokens_per_iter:,} tokens/iter | {device} {dtype} x{world}")
-if iter_num >= max_iters:
+if iter_num >= max_iters and last_eval == iter_num:
     say(f"the run in {out_dir}/ is already at iter {iter_num} >= max_iters={max_iters}; pass a larger --max_iters to train on")
 model.train()
 start_iter = iter_num
@@ -380,7 +397,7 @@ while iter_num < max_iters:
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
-        mfu = raw_model.estimate_mfu(tokens_per_iter, dt, peak_flops)
+        mfu = raw_model.estimate_mfu(tokens_per_iter / world, dt, peak_flops)  # per process: peak_flops is one device's
         eta = (max_iters - iter_num - 1) * dt
         say(f"iter {iter_num}: loss {loss_value:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | {tokens_per_iter / dt:,.0f} tok/s | "
             f"mfu {mfu * 100:.1f}% | eta {eta / 60:.1f} min")
@@ -397,10 +414,11 @@ while iter_num < max_iters:
         sys.exit(128 + int(stop.item()))
 
 # ----------------------------------------------------------------------------- the end
-if iter_num > start_iter:
+finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)
+if finished:
     eval_and_checkpoint()
     say(f"{iter_num - start_iter} iters in {time.perf_counter() - t_start:.1f} s")
-if master and iter_num > start_iter:
+if master and finished:
     logf.close()
     try:  # a picture of log.jsonl, when matplotlib is installed
         import matplotlib
@@ -424,8 +442,8 @@ if master and iter_num > start_iter:
             ids = [tok.eot]
         raw_model.eval()
         with torch.no_grad(), autocast:
-            out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200,
+            out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200, stop_tokens={tok.eot},
                                      generator=torch.Generator(device).manual_seed(seed))
-        say("sample:\n" + tok.decode(out[0].tolist()))
+        say("sample:\n" + tok.decode([t for t in out[0].tolist() if t != tok.eot]))
 if ddp:
     dist.destroy_process_group()

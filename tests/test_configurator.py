@@ -2,7 +2,7 @@ import pytest
 
 from configurator import ConfigError, apply_config
 
-DEFAULTS = dict(max_iters=100, learning_rate=1e-3, device='auto', compile=False, norm=None, betas=(0.9, 0.95))
+DEFAULTS = dict(max_iters=100, learning_rate=1e-3, device='auto', compile=False, norm=None, bias=None, betas=(0.9, 0.95))
 
 
 def cfg(*args):
@@ -16,6 +16,20 @@ def test_overrides_parse_as_literals():
     assert cfg('--compile')['compile'] is True and cfg('--compile=false')['compile'] is False
     assert cfg('--device=2024')['device'] == '2024'  # a str setting stays a str
     assert cfg('--betas=[0.8, 0.9]')['betas'] == (0.8, 0.9)
+    # a None default ('take it from the preset') still reads true/false as booleans
+    assert cfg('--bias=false')['bias'] is False and cfg('--bias=True')['bias'] is True
+
+
+def test_auto_dtype_follows_the_gpu_generation(monkeypatch):
+    import torch
+    from configurator import resolve_device
+    assert resolve_device('cpu', 'auto') == ('cpu', 'cpu', 'float32')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # true even on a T4 (emulated)
+    for capability, dtype in [((7, 5), 'float16'), ((7, 0), 'float16'), ((8, 0), 'bfloat16'), ((9, 0), 'bfloat16')]:
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None, c=capability: c)
+        assert resolve_device('cuda', 'auto') == ('cuda', 'cuda', dtype)
+    assert resolve_device('cuda:1', 'float32') == ('cuda:1', 'cuda', 'float32')
 
 
 def test_config_file_then_overrides(tmp_path):

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from conftest import TINY, run
+from model import load_checkpoint
 
 
 def assert_one_line_error(p, expected):
@@ -38,6 +39,8 @@ TRAIN_CASES = [
     (['--eval_interval=0'], 'eval_interval=0: must be at least 1'),
     (['--batch_size=0', '--eval_iters=0'], 'batch_size=0, eval_iters=0: must be at least 1'),
     (['--learning_rate=-1e-3'], 'must not be negative'),
+    (['--min_lr=1e-2', '--learning_rate=1e-3'], 'min_lr=0.01 is above learning_rate=0.001'),
+    (['--out_dir='], 'out_dir is empty'),
     (['--device=gpu'], "device='gpu' is not a device"),
     (['--device=cuda'], 'has no CUDA'),
     (['--dtype=float16'], 'float16 needs a CUDA GPU'),
@@ -78,8 +81,12 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
     p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', check=False)
     assert_one_line_error(p, 'already holds a run; resume it with --init_from=resume')
     assert (out / 'ckpt.pt').read_bytes() == before
-    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', '--overwrite=True', '--sample_prompt=')
+    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', '--overwrite=True', '--sample_prompt=',
+        '--keep_last_n=3', '--eval_interval=1')
     assert (out / 'ckpt.pt').read_bytes() != before
+    # nothing of the old run outlives --overwrite: the kept checkpoints are the new run's, and so is best.pt
+    assert sorted(f.name for f in out.glob('*.pt')) == ['best.pt', 'ckpt.pt', 'ckpt_00000001.pt', 'ckpt_00000002.pt', 'ckpt_00000003.pt']
+    assert load_checkpoint(out / 'best.pt')['iter_num'] <= 3
 
 
 def test_corrupt_checkpoint_on_resume_and_sample(char_data, trained, tmp_path):

@@ -130,15 +130,20 @@ def test_optimizer_decays_only_matrices():
     assert sum(p.numel() for g in opt.param_groups for p in g['params']) == sum(p.numel() for p in model.parameters())
 
 
-def test_param_count_and_mfu():
+def test_param_count_and_flops():
     model = tiny('gpt2')
     total = sum(p.numel() for p in model.parameters())  # tied weights counted once
     assert model.num_params(non_embedding=False) == total
-    assert model.num_params() == total - 24 * 32
-    assert model.estimate_mfu(1000, 1.0, model.flops_per_token() * 1000) == pytest.approx(1.0)
+    assert model.num_params() == total - 24 * 32  # position table: a lookup, no FLOPs
+    untied = tiny('llama')  # rope, untied: the token table is a lookup too, lm_head is the matmul
+    assert untied.num_params() == sum(p.numel() for p in untied.parameters()) - V * 32
+    # FLOPs per token by hand: 6 per multiplied weight, plus attention's 12 * L * H * hs * T
+    per_layer = 32 * 3 * 32 + 32 * 32 + 32 * 128 * 2 + 3 * 32 + 32 + 128 + 32 + 4 * 32  # qkv, o, mlp, biases, 2 LayerNorms
+    assert model.flops_per_token() == 6 * (2 * per_layer + 2 * 32 + V * 32) + 12 * 2 * 4 * 8 * 24
+    assert model.estimate_mfu(1000, 2.0, 1e9) == pytest.approx(model.flops_per_token() * 1000 / 2.0 / 1e9)
 
 
-@pytest.mark.parametrize('bad,msg', [(dict(n_embd=30, n_head=4), 'divisible by n_head'),
+@pytest.mark.parametrize('bad,msg', [(dict(n_embd=30, n_head=4), 'divisible by n_head'), (dict(bias='false'), 'must be True or False'),
                                      (dict(n_head=4, n_kv_head=3), 'divisible by n_kv_head'),
                                      (dict(norm='batchnorm'), 'norm='), (dict(mlp='relu'), 'mlp=')])
 def test_config_errors_are_readable(bad, msg):

@@ -5,6 +5,7 @@
 import gzip
 import hashlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -328,13 +329,14 @@ def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
 
 @pytest.fixture(scope='module')
 def big_jsonl(tmp_path_factory):
-    """About 10 MB of JSONL: encoding it with 2 workers takes about a second here."""
+    """About 25 MB of JSONL: encoding it with 2 workers takes a few seconds here, long enough
+    to see a progress line that is not yet at 100% (it is printed every 0.5 s)."""
     import random
     rng = random.Random(0)
     words = 'the cat a dog sees likes river house garden old man king 明月 光 and then'.split()
     path = tmp_path_factory.mktemp('big') / 'big.jsonl'
     with open(path, 'w', encoding='utf-8') as f:
-        for _ in range(20000):
+        for _ in range(50000):
             f.write(json.dumps({'text': ' '.join(rng.choices(words, k=100))}, ensure_ascii=False) + '\n')
     return path
 
@@ -361,7 +363,9 @@ def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, 
     reader.start()
     t0 = time.time()
     while p.poll() is None and time.time() - t0 < 60:
-        if moment in b''.join(err).decode() if isinstance(moment, str) else time.time() - t0 > moment:
+        # a progress line of this pass that is still short of 80%, or that many seconds
+        seen = re.findall(moment + r'[^\r\n%]*?(\d+)%', b''.join(err).decode()) if isinstance(moment, str) else []
+        if any(int(x) < 80 for x in seen) if isinstance(moment, str) else time.time() - t0 > moment:
             break
         time.sleep(0.01)
     assert p.poll() is None, 'prepare.py finished before the signal: make the corpus bigger'

@@ -109,6 +109,32 @@ def test_kill_9_during_checkpoint_writes_never_corrupts(char_data, tmp_path, ref
     assert len([f for f in os.listdir(out) if f.startswith('ckpt_')]) == 2
 
 
+def test_extending_a_finished_run_keeps_the_lr_schedule(char_data, tmp_path):
+    out = tmp_path / 'out'
+    args = ['--lr_decay_iters=0', '--warmup_iters=2', '--learning_rate=1e-2', '--min_lr=1e-3']
+    train(char_data, out, *args, '--max_iters=20')
+    p = train(char_data, out, *args, '--max_iters=30', '--init_from=resume')
+    assert 'the LR still decays to min_lr at iter 20' in p.stdout
+    lrs = {r['iter']: r['lr'] for r in log_rows(out) if 'lr' in r}
+    assert lrs[19] > 1e-3 and all(lrs[i] == pytest.approx(1e-3) for i in range(20, 30))  # no jump back up
+
+
+def test_stop_on_the_last_step_still_finishes(char_data, tmp_path):
+    """A Ctrl-C during the last step saves at max_iters; the resume must still do the final
+    eval and best.pt rather than say there is nothing left to do."""
+    out = tmp_path / 'out'
+    proc = start(char_data, out, '--max_iters=200', '--lr_decay_iters=200')
+    wait_for_iter(out, 20, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    stopped_at = load_checkpoint(out / 'ckpt.pt')['iter_num']
+    p = train(char_data, out, f'--max_iters={stopped_at}', '--lr_decay_iters=200', '--init_from=resume')
+    assert 'already at iter' not in p.stdout and f'eval {stopped_at}:' in p.stdout
+    assert losses(out)[1].get(stopped_at) is not None and load_checkpoint(out / 'ckpt.pt')['last_eval'] == stopped_at
+    p = train(char_data, out, f'--max_iters={stopped_at}', '--lr_decay_iters=200', '--init_from=resume')
+    assert 'already at iter' in p.stdout  # now there is nothing left to do
+
+
 def test_keep_last_n_and_best(char_data, tmp_path):
     out = tmp_path / 'out'
     train(char_data, out, '--keep_last_n=2')
