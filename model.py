@@ -336,13 +336,14 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def measure_flops(device='cpu', dtype=torch.float32, rounds=5, seconds=0.05):
+def measure_flops(device='cpu', dtype=torch.float32, rounds=10, seconds=0.05):
     """Peak FLOP/s for MFU where no spec sheet applies (a CPU, a Mac, an unlisted GPU): the best
     of a few timed square matmuls (the best, because a busy machine only makes a round slower)."""
     a, b = torch.randn(1024, 1024, device=device, dtype=dtype), torch.randn(1024, 1024, device=device, dtype=dtype)
     kind = torch.device(device).type
     sync = torch.cuda.synchronize if kind == 'cuda' else torch.mps.synchronize if kind == 'mps' else (lambda: None)
-    a @ b  # warm-up
+    for _ in range(3):  # warm-up: thread pools, caches, clocks
+        a @ b
     best = 0.0
     for _ in range(rounds):
         sync()
