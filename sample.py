@@ -39,6 +39,8 @@ ck = load_checkpoint(os.path.join(out_dir, ckpt))
 model = GPT(ModelConfig.from_dict(ck['model_config']))
 model.load_state_dict(ck['model'])
 model.eval().to(device)
+if 'tokenizer' not in ck:
+    die(f"{out_dir}/{ckpt} has no tokenizer in it (made by something other than train.py?); it cannot be decoded")
 tok = tokenizer.load(ck['tokenizer'])
 del ck
 

@@ -175,7 +175,7 @@ if init_from == 'resume':
     diff = [f"{k}: checkpoint {v!r}, now {getattr(mcfg, k)!r}" for k, v in asdict(saved).items() if getattr(mcfg, k) != v and k != 'dropout']
     if diff:
         die(f"{ckpt_path} does not match this config ({'; '.join(diff)}); resume with the run's own settings or use a new --out_dir")
-    if ckpt.get('tokenizer') != tok_spec:
+    if ckpt.get('tokenizer', tok_spec) != tok_spec:  # (a checkpoint without one is taken at its word)
         die(f"{ckpt_path} was trained with another tokenizer than {ds_dir}/ uses; resume on the run's own dataset")
     mcfg = saved
     mcfg.dropout = dropout

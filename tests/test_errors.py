@@ -117,6 +117,15 @@ def test_sample_bad_input(trained, args, expected):
     assert_one_line_error(p, expected)
 
 
+def test_sample_from_a_checkpoint_without_tokenizer(trained, tmp_path):
+    import torch
+    ck = torch.load(trained / 'ckpt.pt', weights_only=True)
+    del ck['tokenizer']
+    torch.save(ck, tmp_path / 'ckpt.pt')
+    p = run('sample.py', f'--out_dir={tmp_path}', check=False)
+    assert_one_line_error(p, 'has no tokenizer in it')
+
+
 def test_sample_without_a_run(tmp_path):
     p = run('sample.py', f'--out_dir={tmp_path / "nothing"}', check=False)
     assert_one_line_error(p, 'ckpt.pt not found; train one first')
