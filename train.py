@@ -149,9 +149,9 @@ for split in ('train', 'val'):
 def get_batch(split, gen):
     """A random batch: x (B, T) tokens, y (B, T) the same shifted by one (the next tokens)."""
     d = data[split]
-    ix = torch.randint(len(d) - block_size, (batch_size,), generator=gen)
-    x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    ix = torch.randint(len(d) - block_size, (batch_size,), generator=gen).tolist()
+    x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -288,7 +288,7 @@ def checkpoint(is_best=False):
            'cuda': gather(torch.cuda.get_rng_state()) if device_type == 'cuda' else [],
            'python': (lambda s: (s[0], list(s[1]), s[2]))(random.getstate()),
            'numpy': (lambda s: (s[0], torch.from_numpy(s[1].astype(np.int64)), *s[2:]))(np.random.get_state())}
-    sums = gather(sum(p.double().sum().item() for p in raw_model.parameters()))
+    sums = gather(sum(p.double().sum().item() for p in raw_model.parameters())) if ddp else []
     if len(set(sums)) > 1:  # gradient all-reduce failed somewhere: saving would bless rank 0's copy
         die(f"the {world} processes no longer hold the same weights (parameter sums {sums}); the last checkpoint is untouched")
     if not master:
@@ -403,15 +403,17 @@ while iter_num < max_iters:
             f"mfu {mfu * 100:.1f}% | eta {eta / 60:.1f} min")
     iter_num += 1
 
-    stop = torch.tensor(stop_signal, device=device)
+    stop = stop_signal
     if ddp:  # all processes stop at the same step
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    if stop.item():
+        flag = torch.tensor(stop_signal, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = int(flag.item())
+    if stop:
         checkpoint()
         launcher = f'torchrun --standalone --nproc_per_node={world}' if ddp else 'python'
         args = ' '.join(a for a in sys.argv if not a.startswith('--init_from='))
         say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: {launcher} {args} --init_from=resume")
-        sys.exit(128 + int(stop.item()))
+        sys.exit(128 + stop)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)
