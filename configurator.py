@@ -26,9 +26,12 @@ class ConfigError(Exception):
     """Bad user input: printed as one line, without a traceback."""
 
 
+exit_fn = sys.exit  # how die() exits; train.py swaps in its own under DDP (see leave() there)
+
+
 def die(msg, code=1):
     print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(code)
+    exit_fn(code)
 
 
 def _excepthook(etype, err, tb):

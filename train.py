@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import configurator
 import tokenizer
 from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, make_config, measure_flops, save_checkpoint, load_checkpoint
@@ -331,6 +332,20 @@ def log(**row):
         logf.flush()
 
 
+def leave(code=0):
+    """Exit. Under DDP, os._exit after leaving the process group: gloo's worker threads can still be
+    releasing the last collective's tensors, and that races with Python's shutdown (SIGABRT,
+    'terminate called without an active exception', seen in ~1 of 15 runs on CPU)."""
+    if not (ddp and dist.is_initialized()):
+        sys.exit(code)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+configurator.exit_fn = leave  # die() too, e.g. on a NaN loss
+
 # SIGINT (Ctrl-C) and SIGTERM (Kaggle, Slurm, docker stop) finish the current step, save, and exit.
 stop_signal, stop_time = 0, 0.0
 
@@ -413,7 +428,7 @@ while iter_num < max_iters:
         launcher = f'torchrun --standalone --nproc_per_node={world}' if ddp else 'python'
         args = ' '.join(a for a in sys.argv if not a.startswith('--init_from='))
         say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: {launcher} {args} --init_from=resume")
-        sys.exit(128 + stop)
+        leave(128 + stop)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)
@@ -447,5 +462,4 @@ if master and finished:
             out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200, stop_tokens={tok.eot},
                                      generator=torch.Generator(device).manual_seed(seed))
         say("sample:\n" + tok.decode([t for t in out[0].tolist() if t != tok.eot]))
-if ddp:
-    dist.destroy_process_group()
+leave(0)

@@ -79,6 +79,13 @@ def test_ddp_two_processes_on_cpu(char_data, tmp_path):
     assert not torch.equal(ck['rng']['sampler'][0], ck['rng']['sampler'][1])  # each rank draws its own batches
     train_loss, _ = losses(out)
     assert len(train_loss) == 20 and train_loss[19] < train_loss[0]
+    # a NaN loss under DDP: every rank stops with the one-line error and exit code 1 (not a gloo abort at exit)
+    before = (out / 'ckpt.pt').read_bytes()
+    nan = ['--init_from=resume', '--max_iters=30', '--lr_decay_iters=30', '--learning_rate=1e30', '--warmup_iters=0', '--grad_clip=0']
+    p = subprocess.run(cmd + nan, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert p.returncode != 0 and 'error: loss is nan at iter' in p.stderr
+    assert 'exitcode  : 1 ' in p.stderr and 'terminate called' not in p.stderr, p.stderr[-3000:]
+    assert (out / 'ckpt.pt').read_bytes() == before
 
 
 def test_bpe_dataset_samples_with_no_tokenizer_flag(tmp_path):
