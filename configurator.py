@@ -46,8 +46,9 @@ def _excepthook(etype, err, tb):
         print(f"error: {etype.__name__}: {err} (rerun with NANOLM_DEBUG=1 for the traceback)", file=sys.stderr)
 
 
-def install_error_hook():
-    sys.excepthook = _excepthook
+# Installed on import, which the scripts do before importing torch: even a Ctrl-C during that
+# slow import is one line.
+sys.excepthook = _excepthook
 
 
 def resolve_device(device, dtype):
@@ -75,7 +76,7 @@ def resolve_device(device, dtype):
     return device, kind, dtype
 
 
-def _parse_value(key, raw, default):
+def _parse_value(key, raw, default, where=None):
     """Turn the text after --key= into a value of the default's type, or raise ConfigError."""
     try:
         value = ast.literal_eval(raw)
@@ -91,7 +92,7 @@ def _parse_value(key, raw, default):
         return raw  # --out_dir=2024 means the string '2024'
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
-    raise ConfigError(f"--{key}={raw}: expected {type(default).__name__} (like {default!r}), got {type(value).__name__}")
+    raise ConfigError(f"{where or f'--{key}={raw}'}: expected {type(default).__name__} (like {default!r}), got {type(value).__name__}")
 
 
 def _unknown(key, known):
@@ -121,7 +122,7 @@ def apply_config(config, args):
                     continue  # imports and helpers inside a config file are not settings
                 if key not in config:
                     raise _unknown(key, config)
-                config[key] = _parse_value(key, repr(value), config[key])
+                config[key] = _parse_value(key, repr(value), config[key], where=f"{key} = {value!r} in {arg}")
             continue
         key, eq, raw = arg[2:].partition('=')
         if key not in config:
@@ -137,12 +138,28 @@ def apply_config(config, args):
 def configure(scope, args=None):
     """Apply sys.argv to a script's globals. Settings are the globals of plain types defined
     before this call; returns {name: value} of them, for printing and for checkpoints."""
-    install_error_hook()
     keys = [k for k, v in scope.items() if not k.startswith('_') and isinstance(v, (bool, int, float, str, tuple, type(None)))]
     config = {k: scope[k] for k in keys}
+    args = sys.argv[1:] if args is None else args
+    if '--help' in args or '-h' in args:
+        _help(scope, keys)
     try:
-        apply_config(config, sys.argv[1:] if args is None else args)
+        apply_config(config, args)
     except ConfigError as e:
         die(str(e))
     scope.update(config)
     return config
+
+
+def _help(scope, keys):
+    """--help: the script's docstring, then its settings as the script writes them, with their comments."""
+    print((scope.get('__doc__') or '').strip())
+    print("\nSettings and their defaults (change them with --key=value or in a config/*.py file):\n")
+    try:
+        with open(scope['__file__'], encoding='utf-8') as f:
+            lines = f.read().split('configure(globals())')[0].splitlines()
+    except (KeyError, OSError):
+        lines = []
+    shown = [line for line in lines if line.split('=')[0].strip() in keys or line.startswith('# ') and '----' not in line]
+    print('\n'.join(shown) if shown else '\n'.join(f"{k} = {scope[k]!r}" for k in keys))
+    sys.exit(0)

@@ -52,6 +52,10 @@ class ModelConfig:
 
     def __post_init__(self):
         # A wrong architecture should fail here, in one readable line, not deep in a matmul.
+        bad = [f"{k}={getattr(self, k)}" for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd', 'ffn_hidden')
+               if getattr(self, k) < (k not in ('n_kv_head', 'ffn_hidden'))]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: sizes must be positive (n_kv_head=0 and ffn_hidden=0 mean the default)")
         self.n_kv_head = self.n_kv_head or self.n_head
         checks = [
             (self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
@@ -60,8 +64,8 @@ class ModelConfig:
             (self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r} must be 'layernorm' or 'rmsnorm'"),
             (self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r} must be 'learned' or 'rope'"),
             (self.mlp in ('gelu', 'swiglu'), f"mlp={self.mlp!r} must be 'gelu' or 'swiglu'"),
-            (min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_embd) > 0, "block_size, vocab_size, n_layer, n_head and n_embd must be positive"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+            (self.rope_theta > 0, f"rope_theta={self.rope_theta} must be positive (10000.0 is usual)"),
             (isinstance(self.bias, bool) and isinstance(self.tie_embeddings, bool),
              f"bias={self.bias!r} and tie_embeddings={self.tie_embeddings!r} must be True or False"),
         ]
@@ -407,8 +411,9 @@ def load_checkpoint(path):
         raise FileNotFoundError(f"checkpoint {path} not found; train one first (python train.py ...) or pass the right --out_dir")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # (torch's own message would blame weights_only; the file is the problem)
+        raise ValueError(f"{path} is not a readable checkpoint: truncated, corrupt or not a torch file ({type(e).__name__}); "
+                         f"if best.pt or a ckpt_<iter>.pt sits beside it, copy that over it") from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt or 'model_config' not in ckpt:
         raise ValueError(f"{path} is not a nanolm checkpoint (no model or model_config in it)")
     ckpt['model'] = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in ckpt['model'].items()}

@@ -10,10 +10,10 @@ import os
 import sys
 from contextlib import nullcontext
 
+from configurator import configure, die, resolve_device  # first: one-line errors, even during the torch import
 import torch
 
 import tokenizer
-from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, load_checkpoint
 
 # ----------------------------------------------------------------------------- settings
@@ -32,8 +32,12 @@ configure(globals())
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype = resolve_device(device, dtype)
-if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or num_samples < 1:
-    die("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1 and num_samples >= 1")
+bad = [f"{k}={v!r} (needs {need})" for k, v, ok, need in [
+    ('temperature', temperature, temperature >= 0, '>= 0; 0 = greedy'), ('top_p', top_p, 0 < top_p <= 1, '0 < top_p <= 1'),
+    ('top_k', top_k, top_k >= 0, '>= 0; 0 = all'), ('max_new_tokens', max_new_tokens, max_new_tokens >= 1, '>= 1'),
+    ('num_samples', num_samples, num_samples >= 1, '>= 1')] if not ok]
+if bad:
+    die(', '.join(bad))
 
 ck = load_checkpoint(os.path.join(out_dir, ckpt))
 model = GPT(ModelConfig.from_dict(ck['model_config']))
@@ -48,8 +52,11 @@ if start.startswith('FILE:'):
     path = start[5:]
     if not os.path.isfile(path):
         die(f"prompt file {path} not found")
-    with open(path, encoding='utf-8') as f:
-        start = f.read()
+    try:
+        with open(path, encoding='utf-8') as f:
+            start = f.read()
+    except UnicodeDecodeError as e:
+        die(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
 ids = tok.encode(start) if start else [tok.eot]
 if not ids:
     ids = [tok.eot]

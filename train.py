@@ -17,19 +17,20 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
 from dataclasses import asdict
 from contextlib import nullcontext
 
+import configurator  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
+from configurator import configure, die, resolve_device
 import numpy as np
 import torch
 import torch.distributed as dist
 
-import configurator
 import tokenizer
-from configurator import configure, die, resolve_device
 from model import GPT, ModelConfig, make_config, measure_flops, save_checkpoint, load_checkpoint
 
 # ----------------------------------------------------------------------------- settings
@@ -96,10 +97,13 @@ too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_
                                          'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
 if too_small:
     die(f"{', '.join(too_small)}: must be at least 1")
-if not out_dir:
-    die("out_dir is empty; give a folder, e.g. --out_dir=out-verdict")
-if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip) < 0:
-    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay and grad_clip must not be negative")
+for key in ('out_dir', 'data_dir'):
+    if not config[key] or os.path.isfile(config[key]):
+        die(f"{key}={config[key]!r} must name a folder, e.g. --out_dir=out-verdict --data_dir=data")
+if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens) < 0:
+    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip and sample_tokens must not be negative")
+if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+    die(f"beta1={beta1}, beta2={beta2}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
 if min_lr > learning_rate:
     die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
 if dtype == 'float16' and device_type != 'cuda':
@@ -139,9 +143,10 @@ for split in ('train', 'val'):
     path = os.path.join(ds_dir, f'{split}.bin')
     if not os.path.exists(path):
         die(f"{path} is missing; rerun: python prepare.py {dataset}")
+    size, expected = os.path.getsize(path), meta[f'{split}_tokens'] * np.dtype(meta['dtype']).itemsize
+    if size != expected:
+        die(f"{path} has {size:,} bytes but meta.json says {expected:,} (an interrupted copy?); rerun: python prepare.py {dataset}")
     data[split] = np.memmap(path, dtype=np.dtype(meta['dtype']), mode='r')
-    if len(data[split]) != meta[f'{split}_tokens']:
-        die(f"{path} holds {len(data[split]):,} tokens but meta.json says {meta[f'{split}_tokens']:,} (an interrupted copy?); rerun: python prepare.py {dataset}")
     if len(data[split]) <= block_size:
         die(f"{path} has {len(data[split]):,} tokens, not enough for one block of block_size={block_size}+1; "
             f"use --block_size={max(8, len(data[split]) // 2)} or more data")
@@ -163,6 +168,7 @@ mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n
                    n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
                    pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+old_run = [n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else []) if n.endswith('.pt') or n == 'log.jsonl']
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 torch.manual_seed(seed + rank)
 sampler = torch.Generator().manual_seed(seed + 1000 * rank)  # training batches: its state is saved
@@ -194,12 +200,9 @@ if init_from == 'resume':
         say("resuming with changes: " + ", ".join(changed))
 elif init_from != 'scratch':
     die(f"init_from={init_from!r} must be 'scratch' or 'resume'")
-elif os.path.exists(ckpt_path) and not overwrite:
-    die(f"{out_dir}/ already holds a run; resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to replace it")
-elif os.path.exists(ckpt_path) and master:  # --overwrite=True: none of the old run's files may outlive it
-    for name in os.listdir(out_dir):
-        if name.endswith('.pt') or name in ('log.jsonl', 'loss.png'):
-            os.remove(os.path.join(out_dir, name))
+elif any(n.endswith('.pt') for n in old_run) and not overwrite:
+    die(f"{out_dir}/ already holds a run ({', '.join(sorted(old_run))}); resume it with --init_from=resume, "
+        f"choose another --out_dir, or pass --overwrite=True to replace it")
 
 model = GPT(mcfg).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
@@ -312,14 +315,22 @@ def eval_and_checkpoint():
 # The loss history: one JSON line per iteration (and per eval), trimmed on resume to where
 # the checkpoint was taken, so the file always describes exactly one run.
 log_path = os.path.join(out_dir, 'log.jsonl')
+if master and init_from == 'scratch':  # every setting has passed its checks: only now may the old run go
+    for name in old_run + (['loss.png'] if os.path.exists(os.path.join(out_dir, 'loss.png')) else []):
+        os.remove(os.path.join(out_dir, name))
 if master:
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     if iter_num > 0 and os.path.exists(log_path):
         with open(log_path) as f:
-            rows = [json.loads(line) for line in f if line.endswith('}\n')]  # (a kill -9 can cut the last line)
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by kill -9 (or edited by hand): it is only history
+                    pass
     # keep the eval the checkpoint was taken at (logged just before the save), drop what came after
-    rows = [r for r in rows if r['iter'] < iter_num or (r['iter'] == last_eval == iter_num and 'val_loss' in r)]
+    rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get('iter'), int) and
+            (r['iter'] < iter_num or (r['iter'] == last_eval == iter_num and 'val_loss' in r))]
     with open(log_path + '.tmp', 'w') as f:  # then rename: a kill here must not cost the history
         f.writelines(json.dumps(r) + '\n' for r in rows)
     os.replace(log_path + '.tmp', log_path)
@@ -427,7 +438,7 @@ while iter_num < max_iters:
     if stop:
         checkpoint()
         launcher = f'torchrun --standalone --nproc_per_node={world}' if ddp else 'python'
-        args = ' '.join(a for a in sys.argv if not a.startswith('--init_from='))
+        args = shlex.join(a for a in sys.argv if not a.startswith('--init_from='))
         say(f"stopped at iter {iter_num}; checkpoint saved to {ckpt_path}. Resume with: {launcher} {args} --init_from=resume")
         leave(128 + stop)
 

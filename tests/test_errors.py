@@ -40,7 +40,13 @@ TRAIN_CASES = [
     (['--batch_size=0', '--eval_iters=0'], 'batch_size=0, eval_iters=0: must be at least 1'),
     (['--learning_rate=-1e-3'], 'must not be negative'),
     (['--min_lr=1e-2', '--learning_rate=1e-3'], 'min_lr=0.01 is above learning_rate=0.001'),
-    (['--out_dir='], 'out_dir is empty'),
+    (['--out_dir='], "out_dir='' must name a folder"),
+    (['--data_dir='], "data_dir='' must name a folder"),
+    (['--n_head=0'], 'n_head=0: sizes must be positive'),
+    (['--n_kv_head=-1', '--ffn_hidden=-5'], 'n_kv_head=-1, ffn_hidden=-5: sizes must be positive'),
+    (['--arch=llama', '--rope_theta=0'], 'rope_theta=0.0 must be positive'),
+    (['--beta2=1.5'], "beta2=1.5: AdamW's betas must be in [0, 1)"),
+    (['--sample_tokens=-5'], 'sample_tokens must not be negative'),
     (['--device=gpu'], "device='gpu' is not a device"),
     (['--device=cuda'], 'has no CUDA'),
     (['--dtype=float16'], 'float16 needs a CUDA GPU'),
@@ -67,7 +73,12 @@ def test_bin_that_does_not_match_its_meta(char_data, tmp_path):
     with open(data / 'tiny' / 'train.bin', 'r+b') as f:  # as an interrupted copy would leave it
         f.truncate(1000)
     p = run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False)
-    assert_one_line_error(p, 'holds 500 tokens but meta.json says')
+    assert_one_line_error(p, 'train.bin has 1,000 bytes but meta.json says')
+    with open(data / 'tiny' / 'train.bin', 'r+b') as f:  # an odd size (not whole tokens), and an empty file
+        f.truncate(999)
+    assert_one_line_error(run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False), 'has 999 bytes')
+    (data / 'tiny' / 'train.bin').write_bytes(b'')
+    assert_one_line_error(run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False), 'has 0 bytes')
     shutil.copy(char_data / 'tiny' / 'train.bin', data / 'tiny' / 'train.bin')
     (data / 'tiny' / 'val.bin').unlink()
     p = run('train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', check=False)
@@ -79,8 +90,21 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
     shutil.copytree(trained, out)
     before = (out / 'ckpt.pt').read_bytes()
     p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', check=False)
-    assert_one_line_error(p, 'already holds a run; resume it with --init_from=resume')
+    assert_one_line_error(p, 'already holds a run (best.pt, ckpt.pt, log.jsonl); resume it with --init_from=resume')
     assert (out / 'ckpt.pt').read_bytes() == before
+    # --overwrite=True with a setting that fails its checks: the old run must still be all there
+    files = {f.name: f.read_bytes() for f in out.iterdir()}
+    for bad in ('--beta2=1.5', '--ffn_hidden=-5', '--n_kv_head=3'):
+        p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--overwrite=True', bad, check=False)
+        assert p.returncode == 1 and {f.name: f.read_bytes() for f in out.iterdir()} == files, bad
+    # a run is a run without its ckpt.pt too: best.pt alone is not overwritten
+    only_best = tmp_path / 'only_best'
+    shutil.copytree(trained, only_best)
+    (only_best / 'ckpt.pt').unlink()
+    best = (only_best / 'best.pt').read_bytes()
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={only_best}', '--max_iters=3', check=False)
+    assert_one_line_error(p, 'already holds a run (best.pt, log.jsonl)')
+    assert (only_best / 'best.pt').read_bytes() == best
     run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', '--overwrite=True', '--sample_prompt=',
         '--keep_last_n=3', '--eval_interval=1')
     assert (out / 'ckpt.pt').read_bytes() != before
@@ -98,14 +122,19 @@ def test_corrupt_checkpoint_on_resume_and_sample(char_data, trained, tmp_path):
     assert_one_line_error(p, 'is not a readable checkpoint')
     p = run('sample.py', f'--out_dir={out}', check=False)
     assert_one_line_error(p, 'is not a readable checkpoint')
+    for junk in (b'', bytes(range(256)) * 10):  # empty (torch's message is empty too), and not a torch file at all
+        (out / 'ckpt.pt').write_bytes(junk)
+        p = run('sample.py', f'--out_dir={out}', check=False)
+        assert_one_line_error(p, 'is not a readable checkpoint: truncated, corrupt or not a torch file')
+        assert 'weights_only' not in p.stderr
 
 
 SAMPLE_CASES = [
     (['--ckpt=nope.pt'], 'nope.pt not found; train one first'),
     (['--start=FILE:no_such_prompt.txt'], 'prompt file no_such_prompt.txt not found'),
     (['--start=' + 'the cat sees the river. ' * 3], 'the prompt is 72 tokens but the model\'s context is 32'),
-    (['--temperature=-1'], 'need temperature >= 0'),
-    (['--top_p=0'], 'need temperature >= 0, 0 < top_p <= 1'),
+    (['--temperature=-1'], 'temperature=-1.0 (needs >= 0; 0 = greedy)'),
+    (['--top_p=0', '--num_samples=0'], 'top_p=0.0 (needs 0 < top_p <= 1), num_samples=0 (needs >= 1)'),
     (['--num_sample=2'], "unknown config key 'num_sample' (did you mean num_samples?)"),
     (['--max_new_tokens=ten'], 'expected int'),
 ]
@@ -115,6 +144,20 @@ SAMPLE_CASES = [
 def test_sample_bad_input(trained, args, expected):
     p = run('sample.py', f'--out_dir={trained}', *args, check=False)
     assert_one_line_error(p, expected)
+
+
+def test_sample_prompt_file_that_is_not_text(trained, tmp_path):
+    (tmp_path / 'prompt.bin').write_bytes(b'ab\xe8\xff\xfe')
+    p = run('sample.py', f'--out_dir={trained}', f'--start=FILE:{tmp_path / "prompt.bin"}', check=False)
+    assert_one_line_error(p, f'prompt file {tmp_path / "prompt.bin"} is not UTF-8 text')
+
+
+def test_help_lists_the_settings():
+    p = run('train.py', '--help')
+    assert 'python train.py config/train_verdict.py' in p.stdout and "out_dir = 'out'" in p.stdout
+    assert 'n_kv_head = 0             # 0 = n_head' in p.stdout and 'configure(' not in p.stdout
+    p = run('sample.py', '-h')
+    assert 'top_p = 1.0' in p.stdout and 'Traceback' not in p.stderr
 
 
 def test_sample_from_a_checkpoint_without_tokenizer(trained, tmp_path):

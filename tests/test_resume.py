@@ -3,6 +3,7 @@ checkpoints that load anywhere, and refusals that say what differs."""
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def wait_for_iter(out, it, proc, timeout=120):
 def test_stop_and_resume_is_the_same_run(char_data, tmp_path, reference):
     out = tmp_path / 'out'
     train(char_data, out, '--max_iters=40')  # (a stop between evals: see the signal tests)
+    with open(out / 'log.jsonl', 'a') as f:  # a line cut short by kill -9, and lines edited by hand: history only
+        f.write('oops}\n{"garbage}\n[1, 2]\n{"iter": 41, "lo')
     p = train(char_data, out, '--init_from=resume')
     assert 'resuming from' in p.stdout and 'max_iters 40 -> 60' in p.stdout
     assert losses(out) == reference  # every per-iteration loss and every val loss, exactly
@@ -67,7 +70,7 @@ def test_stop_and_resume_is_the_same_run(char_data, tmp_path, reference):
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resumes_exactly(char_data, tmp_path, reference, sig):
-    out = tmp_path / 'out'
+    out = tmp_path / 'my run ü'  # the printed resume command must survive a space and non-ASCII
     proc = start(char_data, out)
     wait_for_iter(out, random.Random(sig).randint(5, 45), proc)
     proc.send_signal(sig)
@@ -76,7 +79,9 @@ def test_signal_saves_and_resumes_exactly(char_data, tmp_path, reference, sig):
     assert 'Traceback' not in stderr and '--init_from=resume' in stdout
     stopped_at = load_checkpoint(out / 'ckpt.pt')['iter_num']
     assert stopped_at == max(losses(out)[0]) + 1  # the checkpoint holds the step that had just finished
-    train(char_data, out, '--init_from=resume')
+    cmd = shlex.split(stdout.split('Resume with: ')[1].splitlines()[0])  # run exactly what the user is told to run
+    assert cmd[0] == 'python' and cmd[-1] == '--init_from=resume'
+    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, capture_output=True, timeout=300)
     assert losses(out) == reference
 
 
