@@ -32,23 +32,26 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import signal
 import sys
 import time
 import urllib.request
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
-import tokenizer
-
+# Before numpy and tiktoken: importing configurator installs the one-line error hook, so a
+# Ctrl-C during those slow imports prints "interrupted", not a traceback.
 try:
     from configurator import die as _die
 except ImportError:  # used on its own, outside the repo
     def _die(msg, code=1):
         print(f'error: {msg}', file=sys.stderr, flush=True)
         sys.exit(code)
+
+import numpy as np
+
+import tokenizer
 
 
 def die(msg, code=1):
@@ -125,7 +128,14 @@ def expand_inputs(patterns):
             paths.append(pat)
         else:
             die(f'input file {pat} not found')
-    return list(dict.fromkeys(paths))  # drop repeats, keep the order
+    paths = list(dict.fromkeys(paths))  # drop repeats, keep the order
+    for p in paths:  # else a JSON array would be read as one plain-text document, brackets and all
+        if p.endswith(('.json', '.json.gz')):
+            to = shlex.quote(Path(p).name[:Path(p).name.rindex('.json')] + '.jsonl')  # here, not beside it
+            die(f'{p}: prepare.py reads .txt and .jsonl (one JSON object per line), not .json; convert a JSON '
+                f'array with: python -c "import gzip,json,sys; p=sys.argv[1]; [print(json.dumps(o)) for o in '
+                f"json.load((gzip.open if p.endswith('.gz') else open)(p, 'rb'))]\" {shlex.quote(p)} > {to}")
+    return paths
 
 
 def read_units(paths, split_blocks=False, stats=None):
@@ -142,10 +152,12 @@ def read_units(paths, split_blocks=False, stats=None):
                 if path.endswith(('.jsonl', '.jsonl.gz')):
                     for lineno, raw in enumerate(f, 1):
                         stats['bytes'] += len(raw)
+                        if lineno == 1:
+                            raw = raw.removeprefix(codecs.BOM_UTF8)  # some Windows editors start files with one
                         if raw.strip():
                             yield raw, True, (path, lineno)
                 else:
-                    for text, end in _txt_docs(f, split_blocks, stats):
+                    for text, end in _txt_docs(f, path, split_blocks, stats):
                         yield text, end, (path, 0)
             except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
                 die(f'cannot read {path}: {e}')
@@ -154,12 +166,22 @@ def read_units(paths, split_blocks=False, stats=None):
             stats.setdefault('bad_bytes_file', path)
 
 
-def _txt_docs(f, split_blocks, stats):
-    decode = codecs.getincrementaldecoder('utf-8')('nanolm_count').decode  # copes with cut chars
+def _txt_docs(f, path, split_blocks, stats):
+    # incremental: copes with characters cut between reads; utf-8-sig: drops a BOM at the start
+    decode = codecs.getincrementaldecoder('utf-8-sig')('nanolm_count').decode
     buf, size, started = [], 0, False
+    n_bytes = n_bad = 0  # a few bad bytes are replaced and reported; many mean it is not text
+
+    def not_text(why):
+        die(f'{path} does not look like text ({why}); leave it out of --input, or convert it to UTF-8')
     for raw in iter(lambda: f.readline(PIECE), b''):  # bounded even for a file with no newline
+        if b'\0' in raw:
+            not_text('it holds NUL bytes: a binary file, or UTF-16?')
         stats['bytes'] += len(raw)
-        line = decode(raw)
+        n_bytes += len(raw)
+        bad_before = _bad_bytes[0]  # counted around decode alone: a .jsonl batch may be encoded
+        line = decode(raw)          # in this process between our yields
+        n_bad += _bad_bytes[0] - bad_before
         if split_blocks and not line.strip():  # a blank line ends a block
             if buf or started:
                 yield ''.join(buf), True
@@ -171,6 +193,8 @@ def _txt_docs(f, split_blocks, stats):
             yield ''.join(buf), False
             buf, size, started = [], 0, True
     buf.append(decode(b'', final=True))
+    if n_bad > n_bytes / 10:
+        not_text(f'{n_bad:,} of its {n_bytes:,} bytes are not UTF-8')
     if any(buf) or started:
         yield ''.join(buf), True
 
@@ -230,19 +254,21 @@ def fetch(name, out_dir='data'):
     dest = Path(out_dir) / name / k['file']
     if dest.exists():
         return str(dest)  # as nanoGPT: a file already in place is used as it is
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + '.tmp')
+    local = f'python prepare.py {name} --input PATH' + ('' if Path(out_dir) == Path('data') else
+                                                        f' --out_dir {shlex.quote(str(out_dir))}')
     print(f"downloading {k['url']} -> {dest}")
     try:
         with urllib.request.urlopen(k['url'], timeout=30) as r:
             data = r.read()
     except Exception as e:  # no network, proxy, HTTP error ...
         die(f"could not download {k['url']} ({getattr(e, 'reason', e)}). Get that file and put it at "
-            f"{dest}, or pass a local copy: python prepare.py {name} --input PATH")
+            f"{dest}, or pass a local copy: {local}")
     got = hashlib.sha256(data).hexdigest()
     if got != k['sha256']:
         die(f"{k['url']} gave a file with sha256 {got}, expected {k['sha256']}; nothing saved. "
-            f"Put the right file at {dest}, or pass a local copy with --input PATH")
+            f"Put the right file at {dest}, or pass a local copy: {local}")
+    dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no empty folder
+    tmp = dest.with_name(dest.name + '.tmp')
     tmp.write_bytes(data)
     os.replace(tmp, dest)
     return str(dest)
@@ -390,6 +416,11 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='
         die(f'--val_fraction={val_fraction} must be between 0 and 1')
     if val_docs is not None and val_docs < 1:
         die(f'--val_docs={val_docs} must be at least 1')
+    if workers is not None and workers < 0:
+        die(f'--workers={workers}: give the number of encoding processes (1 or more), or leave it out '
+            f'to use all cores for inputs over 8 MB')
+    if not bpe_train_mb > 0:
+        die(f'--bpe_train_mb={bpe_train_mb:g} must be more than 0 (the MB of text the bpe trains on)')
     if input:
         paths = expand_inputs(input)
     elif name in KNOWN:
@@ -563,6 +594,9 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='
             meta_path = ds / 'meta.json'
             if meta_path.exists():
                 meta_path.unlink()
+                if spec['kind'] != 'bpe':  # the old dataset's bpe would pass for this one's
+                    for f in ('tokenizer.json', 'tokenizer.tiktoken'):
+                        (ds / f).unlink(missing_ok=True)
             stored = tokenizer.save_bpe(spec, ds) if spec['kind'] == 'bpe' else spec
             os.replace(tmp['train'], ds / 'train.bin')
             os.replace(tmp['val'], ds / 'val.bin')
@@ -625,7 +659,11 @@ def prepare_known(name, out_dir='data'):
     return prepare(name, out_dir=out_dir, workers=1)
 
 
+_stop_signal = [signal.SIGINT]  # for the exit code, 128 + the signal number, as train.py's
+
+
 def _interrupt(signum, frame):
+    _stop_signal[0] = signum
     raise KeyboardInterrupt  # SIGTERM: clean up exactly as for Ctrl-C
 
 
@@ -640,7 +678,7 @@ def friendly_errors(debug=False):
             raise
         end_progress()
         print(f"interrupted: {str(e) or 'no dataset was written'}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        sys.exit(128 + _stop_signal[0])
     except Exception as e:
         if debug:
             raise
@@ -662,11 +700,12 @@ def main():
     ap.add_argument('--val_fraction', type=float, default=0.1)
     ap.add_argument('--val_docs', type=int, help='exact number of validation documents (instead of a fraction)')
     ap.add_argument('--seed', type=int, default=1337)
-    ap.add_argument('--workers', type=int, help='encoding processes (default: all cores for inputs over 8 MB)')
+    ap.add_argument('--workers', type=int, help='encoding processes (default or 0: all cores for inputs over 8 MB)')
     ap.add_argument('--skip_bad_lines', action='store_true', help='count and skip bad .jsonl lines instead of stopping')
     ap.add_argument('--out_dir', default='data')
     ap.add_argument('--bpe_train_mb', type=float, default=BPE_TRAIN_MB, help='train the bpe on at most this much text')
     ap.add_argument('--debug', action='store_true', help='show full tracebacks')
+    ap.error = lambda msg: die(f'{msg}; see python prepare.py --help', 2)  # not argparse's usage + message
     args = vars(ap.parse_args())
     debug = args.pop('debug')
     signal.signal(signal.SIGTERM, _interrupt)  # schedulers and Kaggle stop a job with SIGTERM

@@ -349,9 +349,16 @@ def portable_spec(src, base_dir=None):
 
 
 def read_spec(path):
-    """Spec of a saved bpe tokenizer: a dir with tokenizer.json, or that file itself.
-    Returned with its ranks inlined."""
+    """Spec of a saved bpe tokenizer: a dir with tokenizer.json, or that file itself, or a
+    dataset made with a bpe. Returned with its ranks inlined."""
     p = Path(path)
+    if (p / 'meta.json').is_file():  # a dataset: the tokenizer its meta.json names, not a
+        spec = from_meta(p)[1]['tokenizer']  # tokenizer.json that an older dataset there left behind
+        if spec['kind'] != 'bpe':
+            name = spec.get('name', spec['kind'])
+            raise ValueError(f'{path} holds a dataset made with --tokenizer={name}, not a trained bpe; '
+                             f'pass --tokenizer={name} itself, or the folder of a bpe')
+        return portable_spec(spec, base_dir=p)
     if p.is_dir():
         p = p / 'tokenizer.json'
     if not p.exists():
@@ -384,11 +391,14 @@ def main():
     ap.add_argument('--skip_bad_lines', action='store_true')
     ap.add_argument('--max_mb', type=float, default=prepare.BPE_TRAIN_MB, help='train on at most this much text')
     ap.add_argument('--debug', action='store_true')
+    ap.error = lambda msg: prepare.die(f'{msg}; see python tokenizer.py --help', 2)  # one line, as prepare.py
     args = ap.parse_args()
     with prepare.friendly_errors(args.debug):
         if args.vocab_size < 256 + len(SPECIALS):
             prepare.die(f'--vocab_size={args.vocab_size} is too small: a byte-level BPE needs at '
                         f'least 256 + {len(SPECIALS)} (bytes + special tokens)')
+        if not args.max_mb > 0:
+            prepare.die(f'--max_mb={args.max_mb:g} must be more than 0 (the MB of text to train on)')
         paths = prepare.expand_inputs(args.input)
         stats = Counter()
         texts = prepare.doc_texts(paths, args.text_field, args.split_blocks, args.skip_bad_lines, stats)

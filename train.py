@@ -133,7 +133,7 @@ if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
     if dataset not in prepare.KNOWN:
         die(f"dataset '{dataset}' not found in {ds_dir}/ (no meta.json); make it with: python prepare.py {dataset} --input=YOUR_TEXT_FILE")
     if master:
-        print(f"{ds_dir}/ is not prepared yet; running: python prepare.py {dataset}")
+        print(f"{ds_dir}/ is not prepared yet; running: python prepare.py {dataset}" + (f" --out_dir {shlex.quote(data_dir)}" if data_dir != 'data' else ''))
         prepare.prepare_known(dataset, out_dir=data_dir)
     if ddp:
         dist.barrier()

@@ -120,6 +120,20 @@ def test_jsonl_field_and_gz_read_directly(tmp_path):
     assert tok.decode(t3.tolist() + v3.tolist()) == DOCS[0] * 10
 
 
+def test_a_bom_at_the_start_of_a_file_is_dropped(tmp_path):
+    """Windows editors often start UTF-8 files with a BOM: json.loads refused the first line."""
+    bom = b'\xef\xbb\xbf'
+    (tmp_path / 'a.jsonl').write_bytes(bom + ''.join(json.dumps({'text': d}) + '\n' for d in DOCS).encode())
+    (tmp_path / 'b.jsonl.gz').write_bytes(gzip.compress((tmp_path / 'a.jsonl').read_bytes()))
+    (tmp_path / 'c.txt').write_bytes(bom + ''.join(DOCS).encode())
+    for name, src in (('a', 'a.jsonl'), ('b', 'b.jsonl.gz'), ('c', 'c.txt')):
+        meta, train, val = run(tmp_path, name=name, input=[str(tmp_path / src)])
+        tok, _ = tokenizer.from_meta(tmp_path / 'data' / name)
+        text = tok.decode(train.tolist() + val.tolist())  # (a .txt is one document: no separator)
+        assert sorted(d for d in text.split('<|endoftext|>') if d) == sorted(DOCS if name != 'c' else [''.join(DOCS)])
+        assert '\ufeff' not in meta['tokenizer']['chars'] and meta['bad_bytes'] == 0
+
+
 def test_long_document_read_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, 'PIECE', 100)  # force many pieces per document
     monkeypatch.setattr(prepare, 'BATCH', 300)
@@ -152,6 +166,8 @@ def test_two_workers_give_the_same_files(tmp_path, monkeypatch):
     _, t1, v1 = run(tmp_path, name='w1', input=[str(tmp_path / 'a.jsonl')], workers=1)
     _, t2, v2 = run(tmp_path, name='w2', input=[str(tmp_path / 'a.jsonl')], workers=2)
     assert np.array_equal(t1, t2) and np.array_equal(v1, v2)
+    _, t0, v0 = run(tmp_path, name='w0', input=[str(tmp_path / 'a.jsonl')], workers=0)  # 0: the default
+    assert np.array_equal(t1, t0) and np.array_equal(v1, v0)
 
 
 def test_bpe_dataset_and_reuse(tmp_path):
@@ -166,6 +182,19 @@ def test_bpe_dataset_and_reuse(tmp_path):
     spec = json.loads(json.dumps(tokenizer.portable_spec(d)))
     tok = tokenizer.load(spec)
     assert tok.decode(t1.tolist()).split('<|endoftext|>')[0] in DOCS
+
+
+def test_reprepared_without_bpe_leaves_no_stale_bpe(tmp_path):
+    """A folder that held a bpe dataset and is prepared again with char must not keep the old
+    tokenizer files: --tokenizer=<that folder> used them as if they were its tokenizer."""
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    run(tmp_path, name='a', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='bpe', vocab_size=300)
+    d = tmp_path / 'data' / 'a'
+    run(tmp_path, name='a', input=[str(tmp_path / 'a.jsonl')])  # char now
+    assert sorted(p.name for p in d.iterdir()) == ['meta.json', 'train.bin', 'val.bin']
+    code, _, err = cli('b', '--input', str(tmp_path / 'a.jsonl'), f'--tokenizer={d}', f'--out_dir={tmp_path / "data"}')
+    assert_one_line_error(code, err, 'holds a dataset made with --tokenizer=char, not a trained bpe')
+    assert not (tmp_path / 'data' / 'b').exists()
 
 
 def test_tiktoken_gpt2_and_uint32(tmp_path):
@@ -267,6 +296,9 @@ def prepared(tmp_path_factory):
     (root / 'numbers.jsonl').write_text('{"text": 5}\n{"text": "ok"}\n')
     (root / 'nulls.jsonl').write_text('{"text": "ok"}\n{"text": null}\n')
     (root / 'a_file').write_text('not a folder')
+    (root / 'alpaca.json').write_text(json.dumps([{'instruction': 'Say hi.', 'output': 'Hi!'}] * 20))
+    (root / 'random.bin').write_bytes(bytes(range(256)) * 80)  # NUL bytes: not text
+    (root / 'latin1.txt').write_bytes('Größe, çà et là, été.\n'.encode('latin-1') * 500)  # 27% not UTF-8
     return root
 
 
@@ -283,6 +315,15 @@ def prepared(tmp_path_factory):
     (['--input={r}/numbers.jsonl'], ['numbers.jsonl:1', "field 'text' is 5, not a string"]),
     (['--input={r}/nulls.jsonl'], ['nulls.jsonl:2', "field 'text' is null, not a string"]),
     (['--out_dir={r}/a_file/data'], ['cannot write the dataset to', 'Not a directory']),
+    (['--vocab_size=abc'], ["--vocab_size: invalid int value: 'abc'", 'python prepare.py --help']),
+    (['--tokeniser=char'], ['unrecognized arguments: --tokeniser=char', 'python prepare.py --help']),
+    (['--workers=-2'], ['--workers=-2', '1 or more']),
+    (['--tokenizer=bpe', '--bpe_train_mb=0'], ['--bpe_train_mb=0 must be more than 0']),
+    (['--tokenizer=bpe', '--bpe_train_mb=-1'], ['--bpe_train_mb=-1 must be more than 0']),
+    (['--input={r}/alpaca.json'], ['alpaca.json', 'reads .txt and .jsonl', 'python -c', '> alpaca.jsonl']),
+    (['--input={r}/random.bin'], ['random.bin does not look like text', 'NUL bytes']),
+    (['--input={r}/latin1.txt'], ['latin1.txt does not look like text', 'bytes are not UTF-8', 'convert it to UTF-8']),
+    (['--tokenizer={r}/data/x'], ['data/x holds a dataset made with --tokenizer=char, not a trained bpe']),
 ])
 def test_bad_cli_input_is_one_line_and_overwrites_nothing(prepared, args, words):
     r = prepared
@@ -298,6 +339,15 @@ def test_bad_cli_input_is_one_line_and_overwrites_nothing(prepared, args, words)
     code, out, err = cli('x', *args)
     assert_one_line_error(code, err, *words)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_cli_usage_errors_are_one_line_and_help_still_works():
+    """argparse printed a usage block and its message: 8 lines, no "error:" first."""
+    code, _, err = cli()
+    assert_one_line_error(code, err, 'required: name', 'python prepare.py --help')
+    assert code == 2
+    code, out, err = cli('--help')
+    assert code == 0 and out.startswith('usage: prepare.py') and '--tokenizer' in out and not err
 
 
 def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
@@ -346,7 +396,7 @@ def big_jsonl(tmp_path_factory):
 def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, moment):
     """Ctrl-C reaches the whole process group (main and workers), as does a scheduler's SIGTERM.
     Once, with multiprocessing.Pool, the main process then hung forever on a lock held by a dead
-    worker. Now: exit 130 within seconds, one line, nothing left in the output folder, no process
+    worker. Now: exit 128 + the signal number (130, 143) within seconds, one line, nothing left in the output folder, no process
     left. moment: seconds after start (counting pass / workers starting), or a progress word."""
     import signal
     import threading
@@ -377,7 +427,7 @@ def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, 
         os.killpg(p.pid, signal.SIGKILL)
         raise AssertionError(f'prepare.py hung after {sig}')
     reader.join(5)
-    assert code == 130 and time.time() - t1 < 5
+    assert code == 128 + getattr(signal, sig) and time.time() - t1 < 5
     text = b''.join(err).decode()
     lines = [l.strip() for l in text.replace('\r', '\n').splitlines() if l.strip()]
     assert 'Traceback' not in text and lines[-1] == 'interrupted: no dataset was written', text
@@ -420,20 +470,26 @@ def test_known_dataset_uses_a_file_already_in_place(tmp_path, monkeypatch):
     assert meta['tokenizer']['kind'] == 'char' and meta['train_tokens'] + meta['val_tokens'] == len(raw.read_text())
 
 
-def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('out_dir', ['data', 'x/dl'])
+def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys, out_dir):
+    """The command it suggests must work: with --out_dir when train.py's data_dir is not data/.
+    And no empty folder is left behind."""
     import urllib.error
 
     def offline(*a, **k):
         raise urllib.error.URLError('no network')
     monkeypatch.setattr(prepare.urllib.request, 'urlopen', offline)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        prepare.prepare_known('verdict', out_dir=str(tmp_path / 'data'))
+        prepare.prepare_known('verdict', out_dir=out_dir)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    for w in ('the-verdict.txt', str(tmp_path / 'data' / 'verdict'), '--input', 'no network'):
+    for w in ('the-verdict.txt', str(Path(out_dir) / 'verdict'), 'no network'):
         assert w in err
-    assert not list((tmp_path / 'data' / 'verdict').iterdir())
+    hint = 'python prepare.py verdict --input PATH' + ('' if out_dir == 'data' else f' --out_dir {out_dir}')
+    assert err.endswith(hint), err
+    assert list(tmp_path.iterdir()) == []  # no data/verdict/ (or x/dl/verdict/) left empty
 
 
 def test_download_is_checked_by_sha256(tmp_path, monkeypatch, capsys):
@@ -441,7 +497,7 @@ def test_download_is_checked_by_sha256(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         prepare.fetch('verdict', out_dir=str(tmp_path))
     assert 'sha256' in capsys.readouterr().err
-    assert not list((tmp_path / 'verdict').iterdir())  # nothing saved
+    assert not (tmp_path / 'verdict').exists()  # nothing saved, not even a folder
     real = SHARED / 'the-verdict.txt'
     if not real.exists():
         pytest.skip('needs ../shared/data/the-verdict.txt for the good download')

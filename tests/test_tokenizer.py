@@ -184,6 +184,20 @@ def test_cli_trains_a_reusable_tokenizer(tmp_path):
     assert tok.n_vocab == 300 and tok.decode(tok.encode(SAMPLES['emoji'])) == SAMPLES['emoji']
 
 
+@pytest.mark.parametrize('args,words', [
+    (['--vocab_size=abc'], ["invalid int value: 'abc'", 'python tokenizer.py --help']),
+    (['--max_mb=0'], ['--max_mb=0 must be more than 0']),
+])
+def test_cli_bad_arguments_are_one_line(tmp_path, args, words):
+    import subprocess
+    r = subprocess.run([sys.executable, str(ROOT / 'tokenizer.py'), '--input', str(tmp_path), f'--out={tmp_path}/t',
+                        *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'NANOLM_DEBUG': ''})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (tmp_path / 't').exists()
+
+
 def test_o200k_if_available():
     try:
         tok = T.load({'kind': 'tiktoken', 'name': 'o200k_base'})
@@ -325,3 +339,17 @@ def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
     (d / 'meta.json').write_text(json.dumps(GOOD_META))
     tok, meta = T.from_meta(d)  # and the good one loads
     assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
+
+
+def test_read_spec_follows_a_datasets_meta_json(saved_bpe):
+    """--tokenizer=<dataset folder> takes the tokenizer its meta.json names, not tokenizer files
+    an older bpe dataset left there (those were used as if they were the dataset's)."""
+    d = saved_bpe
+    (d / 'meta.json').write_text(json.dumps(GOOD_META))  # a char dataset over a stale bpe
+    with pytest.raises(ValueError) as e:
+        T.read_spec(d)
+    assert 'made with --tokenizer=char, not a trained bpe' in str(e.value)
+    bpe = json.loads((d / 'tokenizer.json').read_text())
+    (d / 'meta.json').write_text(json.dumps({**GOOD_META, 'tokenizer': {**bpe, 'name': 'from-meta'}}))
+    spec = T.read_spec(d)
+    assert spec['name'] == 'from-meta' and T.load(spec).n_vocab == 300
