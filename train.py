@@ -168,7 +168,9 @@ mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n
                    n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
                    pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-old_run = [n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else []) if n.endswith('.pt') or n == 'log.jsonl']
+# the files a run writes here (only these: out_dir may also hold a user's own files)
+old_run = [n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+           if n in ('ckpt.pt', 'best.pt', 'log.jsonl', 'loss.png') or n.startswith('ckpt_') and n.endswith('.pt')]
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 torch.manual_seed(seed + rank)
 sampler = torch.Generator().manual_seed(seed + 1000 * rank)  # training batches: its state is saved
@@ -316,7 +318,7 @@ def eval_and_checkpoint():
 # the checkpoint was taken, so the file always describes exactly one run.
 log_path = os.path.join(out_dir, 'log.jsonl')
 if master and init_from == 'scratch':  # every setting has passed its checks: only now may the old run go
-    for name in old_run + (['loss.png'] if os.path.exists(os.path.join(out_dir, 'loss.png')) else []):
+    for name in old_run:
         os.remove(os.path.join(out_dir, name))
 if master:
     os.makedirs(out_dir, exist_ok=True)

@@ -93,6 +93,7 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
     assert_one_line_error(p, 'already holds a run (best.pt, ckpt.pt, log.jsonl); resume it with --init_from=resume')
     assert (out / 'ckpt.pt').read_bytes() == before
     # --overwrite=True with a setting that fails its checks: the old run must still be all there
+    (out / 'my_model.pt').write_bytes(b'a file of the user, not of the run')  # --overwrite must leave it alone
     files = {f.name: f.read_bytes() for f in out.iterdir()}
     for bad in ('--beta2=1.5', '--ffn_hidden=-5', '--n_kv_head=3'):
         p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--overwrite=True', bad, check=False)
@@ -109,7 +110,8 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
         '--keep_last_n=3', '--eval_interval=1')
     assert (out / 'ckpt.pt').read_bytes() != before
     # nothing of the old run outlives --overwrite: the kept checkpoints are the new run's, and so is best.pt
-    assert sorted(f.name for f in out.glob('*.pt')) == ['best.pt', 'ckpt.pt', 'ckpt_00000001.pt', 'ckpt_00000002.pt', 'ckpt_00000003.pt']
+    assert sorted(f.name for f in out.glob('*.pt')) == ['best.pt', 'ckpt.pt', 'ckpt_00000001.pt', 'ckpt_00000002.pt', 'ckpt_00000003.pt',
+                                                        'my_model.pt']
     assert load_checkpoint(out / 'best.pt')['iter_num'] <= 3
 
 
