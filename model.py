@@ -52,8 +52,8 @@ class ModelConfig:
 
     def __post_init__(self):
         # A wrong architecture should fail here, in one readable line, not deep in a matmul.
-        bad = [f"{k}={getattr(self, k)}" for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd', 'ffn_hidden')
-               if getattr(self, k) < (k not in ('n_kv_head', 'ffn_hidden'))]
+        bad = [f"{k}={getattr(self, k)}" for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd') if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ('n_kv_head', 'ffn_hidden') if getattr(self, k) < 0]  # 0 = default
         if bad:
             raise ValueError(f"{', '.join(bad)}: sizes must be positive (n_kv_head=0 and ffn_hidden=0 mean the default)")
         self.n_kv_head = self.n_kv_head or self.n_head
