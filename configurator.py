@@ -3,135 +3,108 @@ Command-line configuration for nanolm's scripts, nanoGPT style, without argparse
 
     python train.py config/train_verdict.py --max_iters=2000 --arch=llama
 
-A script's config is its module-level globals. Arguments are applied left to right:
-a path ending in .py is a config file (plain Python that assigns some of those globals);
---key=value sets one global, the value read as a Python literal (2000, 3e-4, True, 'x')
-and anything that is not a literal taken as a string (--device=cpu). A bare --flag sets a
-boolean to True. An unknown key or a value of the wrong type stops the script with one
-line that names it.
-
-Also here, because every script needs them: die() for one-line errors, and an exception
-hook that prints uncaught errors as one line (set NANOLM_DEBUG=1 or pass --debug for the
-full traceback).
+A script's config is its module-level globals. A path ending in .py is a config file: plain
+Python that assigns some of those globals, and that may read the ones set before it
+(`lr_decay_iters = max_iters`) and import what it needs. --key=value sets one global, the
+value read as a Python literal (2000, 3e-4, True, 'x') and anything that is not a literal
+taken as a string (--device=cpu); a bare --flag sets a boolean to True. Config files are
+applied first, in order, then every --key=value, wherever it stands on the line: an override
+always wins. An unknown key or a value of the wrong type stops the script with one line.
 """
 import ast
 import difflib
+import numbers
 import os
 import sys
+import types
 
-DEBUG = os.environ.get('NANOLM_DEBUG', '') not in ('', '0') or '--debug' in sys.argv
-
-
-class ConfigError(Exception):
-    """Bad user input: printed as one line, without a traceback."""
+from common import die  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 
 
-exit_fn = sys.exit  # how die() exits; train.py swaps in its own under DDP (see leave() there)
+class ConfigError(ValueError):
+    """Bad configuration: printed as one line, without a traceback."""
 
 
-def die(msg, code=1):
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    exit_fn(code)
+def _convert(value, default, where):
+    """value (already a Python object) -> the default's type, or ConfigError naming `where`."""
+    if (default is None or isinstance(default, bool)) and isinstance(value, str) and value.lower() in ('true', 'false'):
+        return value.lower() == 'true'
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if type(value).__name__ in ('bool', 'bool_'):  # also numpy's bool
+            return bool(value)
+    elif isinstance(default, numbers.Integral):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)  # also numpy's integers
+    elif isinstance(default, float):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected {type(default).__name__} (like {default!r}), got {type(value).__name__}")
 
 
-def _excepthook(etype, err, tb):
-    if DEBUG:
-        return sys.__excepthook__(etype, err, tb)
-    if issubclass(etype, KeyboardInterrupt):
-        print("\ninterrupted", file=sys.stderr)
-        return
-    if issubclass(etype, (ConfigError, ValueError, OSError)):
-        print(f"error: {err}", file=sys.stderr)
-    else:  # a bug, or something we did not foresee: still one line, with the way to see more
-        print(f"error: {etype.__name__}: {err} (rerun with NANOLM_DEBUG=1 for the traceback)", file=sys.stderr)
-
-
-# Installed on import, which the scripts do before importing torch: even a Ctrl-C during that
-# slow import is one line.
-sys.excepthook = _excepthook
-
-
-def resolve_device(device, dtype):
-    """'auto' -> the best this machine has: cuda > mps > cpu; bfloat16 on GPUs that run it
-    natively (Ampere and newer), float16 on older ones (T4, V100: needs a GradScaler when
-    training), float32 on CPU and MPS. Explicit choices are checked, not trusted."""
-    import torch
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        die(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
-    if kind == 'cuda' and not torch.cuda.is_available():
-        die(f"device={device} but this machine (or this torch build) has no CUDA; use --device=cpu")
-    if kind == 'mps' and not torch.backends.mps.is_available():
-        die(f"device={device} but MPS is not available here; use --device=cpu")
-    if dtype == 'auto':
-        # Compute capability 8.0+ (Ampere) runs bf16 natively; is_bf16_supported() would also say
-        # yes on a T4 (emulated, slow), so ask the chosen device for its capability instead.
-        native_bf16 = kind == 'cuda' and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
-        dtype = 'float32' if kind != 'cuda' else 'bfloat16' if native_bf16 else 'float16'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
-    return device, kind, dtype
-
-
-def _parse_value(key, raw, default, where=None):
-    """Turn the text after --key= into a value of the default's type, or raise ConfigError."""
+def _parse_flag(key, raw, default):
+    """The text after --key= -> a value of the default's type."""
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw  # not a Python literal: a plain string such as cpu or config/x.py
-    if (default is None or isinstance(default, bool)) and isinstance(value, str) and value.lower() in ('true', 'false'):
-        value = value.lower() == 'true'
-    if default is None or type(value) is type(default):
-        return value
-    if isinstance(default, float) and type(value) is int:
-        return float(value)
     if isinstance(default, str) and not isinstance(value, str):
         return raw  # --out_dir=2024 means the string '2024'
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    raise ConfigError(f"{where or f'--{key}={raw}'}: expected {type(default).__name__} (like {default!r}), got {type(value).__name__}")
+    return _convert(value, default, f"--{key}={raw}")
 
 
 def _unknown(key, known):
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}; the keys are listed at the top of the script")
+    return ConfigError(f"unknown config key '{key}'{hint}; the keys are listed at the top of the script (--help)")
+
+
+def _apply_file(config, path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found (configs live in config/, e.g. config/train_verdict.py)")
+    scope = dict(config)  # a config file may read the settings so far: lr_decay_iters = max_iters
+    try:
+        with open(path, encoding='utf-8') as f:
+            exec(compile(f.read(), path, 'exec'), scope)
+    except Exception as e:
+        raise ConfigError(f"config file '{path}' failed: {type(e).__name__}: {e}") from e
+    for key, value in scope.items():
+        if key.startswith('_') or callable(value) or isinstance(value, types.ModuleType):
+            continue  # imports and helpers inside a config file are not settings
+        if key not in config:
+            raise _unknown(key, config)
+        if value is not config[key]:
+            config[key] = _convert(value, config[key], f"{key} = {value!r} in {path}")
 
 
 def apply_config(config, args):
-    """Update the dict `config` (name -> default value) in place from command-line args."""
+    """Update the dict `config` (name -> default value) in place from command-line args:
+    config files first (in order), then every --key=value."""
+    flags = []
     for arg in args:
         if arg == '--debug':
             continue
-        if not arg.startswith('--'):
-            if not arg.endswith('.py'):
-                raise ConfigError(f"argument '{arg}' is neither a config file (.py) nor --key=value")
-            if not os.path.isfile(arg):
-                raise ConfigError(f"config file '{arg}' not found (configs live in config/, e.g. config/train_verdict.py)")
-            scope = {}
-            try:
-                with open(arg, encoding='utf-8') as f:
-                    exec(compile(f.read(), arg, 'exec'), scope)
-            except Exception as e:
-                raise ConfigError(f"config file '{arg}' failed: {type(e).__name__}: {e}") from e
-            for key, value in scope.items():
-                if key.startswith('_') or type(value).__name__ in ('module', 'function', 'type'):
-                    continue  # imports and helpers inside a config file are not settings
-                if key not in config:
-                    raise _unknown(key, config)
-                config[key] = _parse_value(key, repr(value), config[key], where=f"{key} = {value!r} in {arg}")
-            continue
+        if arg.startswith('--'):
+            flags.append(arg)
+        elif arg.endswith('.py'):
+            _apply_file(config, arg)
+        else:
+            raise ConfigError(f"argument '{arg}' is neither a config file (.py) nor --key=value")
+    for arg in flags:
         key, eq, raw = arg[2:].partition('=')
         if key not in config:
             raise _unknown(key, config)
         if not eq:
-            if not isinstance(config[key], bool):
+            if not isinstance(config[key], bool) and config[key] is not None:
                 raise ConfigError(f"--{key} needs a value: --{key}=...")
             raw = 'True'
-        config[key] = _parse_value(key, raw, config[key])
+        config[key] = _parse_flag(key, raw, config[key])
     return config
 
 
@@ -153,13 +126,16 @@ def configure(scope, args=None):
 
 def _help(scope, keys):
     """--help: the script's docstring, then its settings as the script writes them, with their comments."""
-    print((scope.get('__doc__') or '').strip())
-    print("\nSettings and their defaults (change them with --key=value or in a config/*.py file):\n")
     try:
         with open(scope['__file__'], encoding='utf-8') as f:
             lines = f.read().split('configure(globals())')[0].splitlines()
     except (KeyError, OSError):
         lines = []
     shown = [line for line in lines if line.split('=')[0].strip() in keys or line.startswith('# ') and '----' not in line]
-    print('\n'.join(shown) if shown else '\n'.join(f"{k} = {scope[k]!r}" for k in keys))
+    try:
+        print((scope.get('__doc__') or '').strip())
+        print("\nSettings and their defaults (change them with --key=value or in a config/*.py file):\n")
+        print('\n'.join(shown) if shown else '\n'.join(f"{k} = {scope[k]!r}" for k in keys), flush=True)
+    except BrokenPipeError:  # `python train.py -h | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)

@@ -22,7 +22,7 @@ def test_overrides_parse_as_literals():
 
 def test_auto_dtype_follows_the_gpu_generation(monkeypatch):
     import torch
-    from configurator import resolve_device
+    from common import resolve_device
     assert resolve_device('cpu', 'auto') == ('cpu', 'cpu', 'float32')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # true even on a T4 (emulated)
@@ -67,3 +67,33 @@ def test_bad_config_files(tmp_path):
     wrong.write_text("max_iters = 'many'\n")
     with pytest.raises(ConfigError, match='expected int'):
         cfg(str(wrong))
+
+
+def test_an_override_wins_wherever_it_stands(tmp_path):
+    """`python train.py --max_iters=10 config/x.py` used to drop the override silently."""
+    f = tmp_path / 'c.py'
+    f.write_text("max_iters = 2000\nlearning_rate = 5e-4\n")
+    c = cfg('--max_iters=10', str(f))
+    assert c['max_iters'] == 10 and c['learning_rate'] == 5e-4
+
+
+def test_config_files_import_and_read_earlier_settings(tmp_path):
+    """A config file may import functions and read the settings before it (as nanoGPT's do)."""
+    f = tmp_path / 'c.py'
+    f.write_text("from math import sqrt\nimport numpy as np\n"
+                 "max_iters = np.int64(20)\nlearning_rate = sqrt(4) * learning_rate\ncompile = np.bool_(True)\n")
+    c = cfg(str(f))
+    assert c['max_iters'] == 20 and type(c['max_iters']) is int
+    assert c['learning_rate'] == pytest.approx(2e-3) and c['compile'] is True
+    g = tmp_path / 'g.py'
+    g.write_text("max_iters = 300\n")
+    h = tmp_path / 'h.py'
+    h.write_text("learning_rate = max_iters * 1e-6\n")  # sees g.py's value: files apply in order
+    assert cfg(str(g), str(h))['learning_rate'] == pytest.approx(3e-4)
+
+
+def test_a_float_where_an_int_belongs_is_named_with_its_file(tmp_path):
+    f = tmp_path / 'c.py'
+    f.write_text("max_iters = 2.5\n")
+    with pytest.raises(ConfigError, match=r"max_iters = 2.5 in .*c.py: expected int"):
+        cfg(str(f))

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conftest import TINY, run
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 
 def assert_one_line_error(p, expected):
@@ -90,7 +90,10 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
     shutil.copytree(trained, out)
     before = (out / 'ckpt.pt').read_bytes()
     p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', check=False)
-    assert_one_line_error(p, 'already holds a run (best.pt, ckpt.pt, log.jsonl); resume it with --init_from=resume')
+    # the run's files as listed: loss.png is among them when matplotlib is installed
+    listed = ', '.join(sorted(f.name for f in out.iterdir()))
+    assert listed.startswith('best.pt, ckpt.pt, log.jsonl')
+    assert_one_line_error(p, f'already holds a run ({listed}); resume it with --init_from=resume')
     assert (out / 'ckpt.pt').read_bytes() == before
     # --overwrite=True with a setting that fails its checks: the old run must still be all there
     (out / 'my_model.pt').write_bytes(b'a file of the user, not of the run')  # --overwrite must leave it alone
@@ -104,7 +107,7 @@ def test_out_dir_with_another_run_is_not_overwritten(char_data, trained, tmp_pat
     (only_best / 'ckpt.pt').unlink()
     best = (only_best / 'best.pt').read_bytes()
     p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={only_best}', '--max_iters=3', check=False)
-    assert_one_line_error(p, 'already holds a run (best.pt, log.jsonl)')
+    assert_one_line_error(p, f"already holds a run ({', '.join(sorted(f.name for f in only_best.iterdir()))})")
     assert (only_best / 'best.pt').read_bytes() == best
     run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=3', '--overwrite=True', '--sample_prompt=',
         '--keep_last_n=3', '--eval_interval=1')
@@ -181,3 +184,48 @@ def test_debug_shows_the_traceback(tmp_path):
     assert p.returncode != 0 and 'Traceback' in p.stderr and 'FileNotFoundError' in p.stderr
     p = run('sample.py', f'--out_dir={tmp_path}', check=False, env={'NANOLM_DEBUG': '1'})
     assert 'Traceback' in p.stderr
+
+    p = run('train.py', '--max_itres=5', check=False, env={'NANOLM_DEBUG': '1'})  # config errors too
+    assert p.returncode == 1 and 'Traceback' in p.stderr and "unknown config key 'max_itres'" in p.stderr
+
+
+def test_help_piped_into_head_ends_quietly():
+    """`python train.py -h | head` used to end in 'Broken pipe' and exit 1."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    p = subprocess.run(f'{sys.executable} {ROOT / "train.py"} -h | head -3; exit ${{PIPESTATUS[0]}}', shell=True,
+                       executable='/bin/bash', capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == '' and len(p.stdout.splitlines()) == 3, (p.returncode, p.stderr)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_old_one(char_data, trained, tmp_path):
+    """A write that fails (here: a file-size limit, which fails the write like a full disk)
+    gives one line, removes the temp file and leaves the previous checkpoint as it was."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / 'out'
+    shutil.copytree(trained, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.suffix == '.pt'}
+    limit = (out / 'ckpt.pt').stat().st_size // 2
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    p = subprocess.run([sys.executable, str(ROOT / 'train.py'), *TINY, f'--data_dir={char_data}', f'--out_dir={out}',
+                        '--init_from=resume', '--max_iters=12', '--sample_prompt='],
+                       capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert_one_line_error(p, f'could not write {out}/ckpt.pt:')
+    assert 'previous version, if any, is intact' in p.stderr
+    assert not list(out.glob('*.tmp')), list(out.iterdir())
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.suffix == '.pt'} == before
+
+
+def test_parameter_count_shows_the_untied_embedding(char_data, tmp_path):
+    p = run('train.py', *TINY, '--arch=llama', f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=1', '--sample_prompt=')
+    import torch
+    n = sum(v.numel() for v in torch.load(tmp_path / 'ckpt.pt', weights_only=True)['model'].values())
+    assert f'{n / 1e6:.2f}M parameters (' in p.stdout and 'without the embedding tables' in p.stdout

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 # dropout > 0 so that resuming must restore torch's RNG, not only the batch sampler
 RUN = [*TINY, '--batch_size=16', '--dropout=0.1', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=20',

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import TINY, run
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 
 def losses(out_dir):

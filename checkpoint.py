@@ -1,0 +1,194 @@
+"""
+Checkpoints, written once for every script (train.py, finetune_sft.py, sample.py, export.py):
+
+  save_checkpoint / load_checkpoint   one file, written atomically, loadable anywhere
+  start_run                           what may happen to out_dir: a new run, a resume, or a refusal
+  check_resume                        the saved model and tokenizer must be the ones configured now
+  save_run / restore_run              everything that decides the rest of a run (weights, optimizer,
+                                      GradScaler, counters, every RNG, the data position), per rank
+  load_model                          a model and its tokenizer from an out_dir (or hf:<folder>)
+
+A checkpoint is a dict: model (state_dict), model_config, config (the script's settings),
+tokenizer (a spec that needs no files), and for a run in progress optimizer, scaler, iter_num,
+best_val, skipped, last_eval, rng, world_size.
+"""
+import os
+import random
+import re
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from common import atomic_write, die, fsync_dir, gather
+from model import GPT, ModelConfig
+
+RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl', 'loss.png')  # plus ckpt_<iter>.pt: what a run writes in out_dir
+
+
+def run_files(out_dir):
+    """The files of a run in out_dir (only those: out_dir may also hold a user's own files)."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    return sorted(n for n in names if n in RUN_FILES or re.fullmatch(r'ckpt_\d+\.pt', n))
+
+
+def _link_or_copy(src, dst):
+    """Make dst name the same bytes as src: a hard link costs no disk; copy where links fail."""
+    tmp = dst + '.tmp'
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, 'rb') as a, atomic_write(dst, 'wb') as b:
+            b.write(a.read())
+        return
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(state, out_dir, keep_last_n=1, is_best=False):
+    """Write state to out_dir/ckpt.pt so that a crash at any moment, even kill -9 halfway
+    through, leaves the previous checkpoint whole (atomic_write: temp file, fsync, rename).
+    With keep_last_n > 1 older ones stay as ckpt_<iter>.pt; best.pt has the lowest val loss.
+    Both are hard links of the new file, made before it is renamed into place."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    with atomic_write(path, 'wb') as f:
+        torch.save(state, f)
+        f.flush()
+        if keep_last_n > 1:
+            _link_or_copy(f.name, os.path.join(out_dir, f"ckpt_{state['iter_num']:08d}.pt"))
+        if is_best:
+            _link_or_copy(f.name, os.path.join(out_dir, 'best.pt'))
+    fsync_dir(out_dir)
+    kept = sorted(n for n in run_files(out_dir) if n.startswith('ckpt_'))
+    for old in kept[:-keep_last_n if keep_last_n > 1 else None]:
+        os.remove(os.path.join(out_dir, old))
+
+
+def load_checkpoint(path):
+    """Load a checkpoint onto the CPU, whatever device wrote it, with the names of the plain
+    model (a torch.compile or DDP wrapper adds '_orig_mod.' or 'module.' to every key)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found; train one first (python train.py ...) or pass the right --out_dir")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # (torch's own message would blame weights_only; the file is the problem)
+        raise ValueError(f"{path} is not a readable checkpoint: truncated, corrupt or not a torch file ({type(e).__name__}); "
+                         f"if best.pt or a ckpt_<iter>.pt sits beside it, copy that over it") from None
+    if not isinstance(ckpt, dict) or 'model' not in ckpt or 'model_config' not in ckpt:
+        raise ValueError(f"{path} is not a nanolm checkpoint (no model or model_config in it)")
+    ckpt['model'] = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in ckpt['model'].items()}
+    return ckpt
+
+
+def start_run(out_dir, init_from, overwrite):
+    """-> (checkpoint to resume or None, the old run's files to delete once every check has passed).
+    A scratch run never silently replaces another run."""
+    old = run_files(out_dir)
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from == 'resume':
+        if not os.path.exists(ckpt_path):
+            die(f"nothing to resume: {ckpt_path} does not exist; start with --init_from=scratch")
+        return load_checkpoint(ckpt_path), []
+    if any(n.endswith('.pt') for n in old) and not overwrite:
+        die(f"{out_dir}/ already holds a run ({', '.join(old)}); resume it with --init_from=resume, "
+            f"choose another --out_dir, or pass --overwrite=True to replace it")
+    return None, old
+
+
+def clear_run(out_dir, old):
+    """Delete the old run's files: only after every setting has passed its checks."""
+    for name in old:
+        os.remove(os.path.join(out_dir, name))
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def check_resume(ckpt, where, mcfg, tok_spec):
+    """The checkpoint's model and tokenizer must be the ones configured now; -> the saved ModelConfig."""
+    saved = ModelConfig.from_dict(ckpt['model_config'])
+    diff = [f"{k}: checkpoint {v!r}, now {getattr(mcfg, k)!r}" for k, v in asdict(saved).items()
+            if getattr(mcfg, k) != v and k != 'dropout']
+    if diff:
+        die(f"{where} does not match this config ({'; '.join(diff)}); resume with the run's own settings or use a new --out_dir")
+    if ckpt.get('tokenizer', tok_spec) != tok_spec:  # (a checkpoint without one is taken at its word)
+        die(f"{where} was trained with another tokenizer than this run's data uses; resume on the run's own dataset")
+    saved.dropout = mcfg.dropout
+    return saved
+
+
+def resume_notes(ckpt, config, world):
+    """What differs from the run's own settings, in words; may set config['lr_decay_iters']."""
+    old = ckpt.get('config', {})
+    changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate')
+               if k in old and k in config and old[k] != config[k]]
+    if not config.get('lr_decay_iters') and old.get('max_iters', config['max_iters']) != config['max_iters']:
+        # The cosine ends at max_iters; stretching it now would send the LR back up. Keep the
+        # run's own end (after it, min_lr) unless --lr_decay_iters says otherwise.
+        config['lr_decay_iters'] = old.get('lr_decay_iters') or old['max_iters']
+        changed.append(f"the LR still decays to min_lr at iter {config['lr_decay_iters']} (set --lr_decay_iters to move that)")
+    if ckpt.get('world_size', 1) != world:
+        changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (batches are drawn from new random streams)")
+    return changed
+
+
+def rng_state(env, sampler):
+    """Every random stream that decides what comes next, per rank (gathered to all ranks)."""
+    return {'torch': gather(env, torch.get_rng_state()), 'sampler': gather(env, sampler.get_state()),
+            'cuda': gather(env, torch.cuda.get_rng_state()) if env.device_type == 'cuda' else [],
+            'python': (lambda s: (s[0], list(s[1]), s[2]))(random.getstate()),
+            'numpy': (lambda s: (s[0], torch.from_numpy(s[1].astype(np.int64)), *s[2:]))(np.random.get_state())}
+
+
+def save_run(env, out_dir, model, optimizer, scaler, sampler, keep_last_n=1, is_best=False, **fields):
+    """Checkpoint a run in progress: model, optimizer, GradScaler, every RNG and `fields`
+    (config, model_config, tokenizer, iter_num, best_val, ...). Called on every rank."""
+    rng = rng_state(env, sampler)
+    sums = gather(env, sum(p.double().sum().item() for p in model.parameters())) if env.ddp else []
+    if len(set(sums)) > 1:  # gradient all-reduce failed somewhere: saving would bless rank 0's copy
+        die(f"the {env.world} processes no longer hold the same weights (parameter sums {sums}); the last checkpoint is untouched")
+    if env.master:
+        state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+                 'rng': rng, 'world_size': env.world, **fields}
+        save_checkpoint(state, out_dir, keep_last_n=keep_last_n, is_best=is_best)
+
+
+def restore_run(ckpt, env, model, optimizer, scaler, sampler, seed):
+    """Load a checkpoint into a run being set up; -> its counters (iter_num, best_val, skipped, last_eval).
+    Older or hand-made checkpoints may lack any of the rest: resume with what is there, and say so."""
+    model.load_state_dict(ckpt['model'])
+    if ckpt.get('optimizer'):
+        optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('scaler'):  # empty when saved by a run without fp16 (a disabled GradScaler)
+        scaler.load_state_dict(ckpt['scaler'])
+    counters = {'iter_num': ckpt.get('iter_num', 0), 'best_val': ckpt.get('best_val', float('inf')),
+                'skipped': ckpt.get('skipped', 0), 'last_eval': ckpt.get('last_eval', -1)}
+    rng, rank = ckpt.get('rng'), env.rank
+    if rng and ckpt.get('world_size', 1) == env.world:
+        random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
+        np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
+        torch.set_rng_state(rng['torch'][rank])
+        sampler.set_state(rng['sampler'][rank])
+        if env.device_type == 'cuda' and rng.get('cuda'):
+            torch.cuda.set_rng_state(rng['cuda'][rank])
+    else:  # another world size, or no saved state: fresh, but still deterministic, streams from here on
+        torch.manual_seed(seed + rank + counters['iter_num'])
+        sampler.manual_seed(seed + 1000 * rank + counters['iter_num'])
+    missing = [k for k in ('optimizer', 'rng', 'iter_num') if k not in ckpt]
+    if missing:
+        env.say(f"note: the checkpoint has no {', '.join(missing)}; those start fresh")
+    return counters
+
+
+def load_model(out_dir, ckpt_name='ckpt.pt', init_from=''):
+    """-> (model on the CPU in eval mode, tokenizer spec, checkpoint dict) from out_dir/ckpt_name,
+    or from a Hugging Face folder when init_from='hf:<folder or hub id>'."""
+    if init_from.startswith('hf:'):
+        import hf
+        mcfg, state, spec = hf.load_hf(init_from[3:])
+        ckpt = {'model': state, 'model_config': asdict(mcfg), 'tokenizer': spec, 'config': {}}
+    else:
+        ckpt = load_checkpoint(os.path.join(out_dir, ckpt_name))
+    model = GPT(ModelConfig.from_dict(ckpt['model_config']))
+    model.load_state_dict(ckpt['model'])
+    return model.eval(), ckpt.get('tokenizer'), ckpt

@@ -1,0 +1,451 @@
+"""
+What every nanolm script needs around its own work, written once so that a fix lands once:
+
+  errors     die() prints one line and exits 1; uncaught errors print one line too
+             (NANOLM_DEBUG=1 or --debug: the full traceback, config errors included)
+  signals    one rule for all scripts: Ctrl-C / SIGTERM exit with 128 + the signal
+             (130 / 143). Training scripts finish the step and save first.
+  files      atomic_write(): a temp file beside the target, renamed into place only when
+             complete; a full disk is named and the temp file removed
+  bad lines  one policy for malformed JSONL records: stop naming file:line, or skip and count
+  runs       device / dtype / DDP setup and the clean DDP exit, the LR schedule, peak
+             FLOP/s for MFU, log.jsonl (+ Weights & Biases / SwanLab) and the loss plot
+
+The training loops themselves are written out in train.py and finetune_sft.py; checkpoints
+and resume live in checkpoint.py. This module imports torch only inside the functions that
+need it: scripts import it first, so even a Ctrl-C during the slow torch import is one line.
+"""
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+
+DEBUG = os.environ.get('NANOLM_DEBUG', '') not in ('', '0') or '--debug' in sys.argv
+
+# ----------------------------------------------------------------------------- one-line errors
+
+exit_fn = sys.exit  # how die() leaves; under DDP init_run() swaps in leave(), which avoids a shutdown race
+
+
+def die(msg, code=1):
+    """Bad input or a state we refuse: one line on stderr, exit non-zero, nothing written."""
+    if DEBUG:  # the traceback of the error being handled, or else of the call to die()
+        traceback.print_exc() if sys.exc_info()[0] else traceback.print_stack()
+    end_progress()  # the error gets a line of its own
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    exit_fn(code)
+
+
+def _excepthook(etype, err, tb):
+    if DEBUG:
+        return sys.__excepthook__(etype, err, tb)
+    end_progress()
+    if issubclass(etype, KeyboardInterrupt):  # Ctrl-C before our handler was installed (Python exits 130)
+        print("\ninterrupted", file=sys.stderr)
+    elif issubclass(etype, (ValueError, OSError)):  # our own one-line messages travel as these
+        print(f"error: {err}", file=sys.stderr)
+    else:  # a bug, or something we did not foresee: still one line, with the way to see more
+        print(f"error: {etype.__name__}: {err} (rerun with NANOLM_DEBUG=1 for the traceback)", file=sys.stderr)
+
+
+sys.excepthook = _excepthook
+
+# ----------------------------------------------------------------------------- progress lines
+
+_progress = {'last': time.time(), 'showing': False}  # from now: quick work shows no status line at all
+
+
+def progress(text, every=0.5):
+    """A status line on stderr at most every `every` s: rewritten in place on a terminal,
+    one line each time otherwise (a log file must not get lines run together by \\r).
+    text may be a function returning it: hot loops then format only the lines shown."""
+    now = time.time()
+    if now - _progress['last'] < every:
+        return
+    _progress['last'] = now
+    text = text() if callable(text) else text
+    if sys.stderr.isatty():
+        print('\r' + text[:100].ljust(100), end='', file=sys.stderr, flush=True)
+        _progress['showing'] = True
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def end_progress():
+    """Clear the status line (on a terminal); the next stage's first line waits `every` s again."""
+    _progress['last'] = time.time()
+    if _progress['showing']:
+        print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr, flush=True)
+        _progress['showing'] = False
+
+# ----------------------------------------------------------------------------- signals
+# The rule: SIGINT (Ctrl-C) and SIGTERM (Kaggle, Slurm, docker stop) end a script with exit code
+# 128 + the signal number. Until a script says otherwise they end it at once (finally blocks
+# still run, so temp files are cleaned up); training scripts call catch_stop_signals() to finish
+# the current step and save first.
+
+stop_signal = 0  # set by the graceful handler: the signal that asked us to stop
+interrupt_note = ''  # what a stop now means, set by a script as it goes (prepare.py: 'while encoding: no dataset was written')
+
+
+def _interrupt(signum, frame):
+    end_progress()
+    note = f" {interrupt_note}" if interrupt_note else ''
+    print(f"\ninterrupted ({signal.Signals(signum).name}){note}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)  # SystemExit: not caught by `except Exception`, but finally blocks run
+
+
+def interrupt_on_signals():
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+interrupt_on_signals()  # from import on
+
+
+def catch_stop_signals(say=print):
+    """Training: a signal sets stop_signal; the loop saves and exits 128 + stop_signal. A second
+    Ctrl-C more than 2 s later quits at once (the last checkpoint on disk is complete); one
+    within 2 s is an echo of the same stop (torchrun forwards a Ctrl-C as SIGINT, then SIGTERM)."""
+    first = [0.0]
+
+    def handler(signum, frame):
+        global stop_signal
+        if not stop_signal:
+            stop_signal, first[0] = signum, time.time()
+            say(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (Ctrl-C again to quit at once)")
+        elif time.time() - first[0] > 2:
+            _interrupt(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+# ----------------------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='w'):
+    """Open a temp file beside `path` for writing; when the block ends without error it is
+    fsynced and renamed over `path` (a rename is atomic), so readers see the old file or the
+    new one, never half of one. On any error the temp file is removed and `path` left as it was;
+    a failed write (a full disk, a size limit) becomes one OSError line that names the file."""
+    tmp = f"{path}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)  # left by a crash; it may be a hard link of a kept file, so never write into it
+    try:
+        with open(tmp, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        why = write_error(tmp, e)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if why:
+            raise OSError(f"could not write {path}: {why}; the previous version, if any, is intact") from None
+        raise
+
+
+def write_error(path, e):
+    """Why writing `path` failed, in words, or None when `e` is not a failed write. torch.save
+    reports a full disk as a RuntimeError from its zip writer ('file write failed', or
+    '[enforce fail at inline_container.cc] unexpected pos' after a short write)."""
+    torch_io = isinstance(e, RuntimeError) and ('write' in str(e) or 'inline_container' in str(e))
+    if not (isinstance(e, OSError) or torch_io):
+        return None
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        free = None
+    if getattr(e, 'errno', None) == errno.ENOSPC or (free is not None and free < 16 << 20):
+        return f"the disk is full ({(free or 0) / 2**20:.1f} MB free); free some space and run again"
+    if getattr(e, 'errno', None) == errno.EFBIG or torch_io:
+        return f"the write failed ({getattr(e, 'strerror', None) or 'file too large or disk full'})"
+    return e.strerror or str(e)
+
+
+def fsync_dir(path):
+    """Make renames inside a folder durable (a no-op where folders cannot be opened)."""
+    if hasattr(os, 'O_DIRECTORY'):
+        fd = os.open(path, os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+
+# ----------------------------------------------------------------------------- bad input lines
+
+
+def bad_line(where, problem, skip_bad_lines, counts):
+    """The one policy for a record we cannot use: stop with 'file:line: problem', or, with
+    --skip_bad_lines, count it (counts['bad_lines']) and go on."""
+    if not skip_bad_lines:
+        die(f"{where}: {problem}; fix or remove that line, or pass --skip_bad_lines to skip such lines")
+    counts['bad_lines'] = counts.get('bad_lines', 0) + 1
+
+
+def parse_json_object(raw):
+    """One JSONL line -> dict, or ValueError naming what is wrong with it."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def read_jsonl(path, skip_bad_lines=False, counts=None):
+    """Yield (where, record) for each JSON object line of a .jsonl file (blank lines skipped, a
+    leading BOM dropped); bad lines follow bad_line()'s policy. where = 'path:line'."""
+    counts = {} if counts is None else counts
+    with open(path, encoding='utf-8-sig', errors='strict') as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{n}", parse_json_object(line)
+            except ValueError as e:
+                bad_line(f"{path}:{n}", str(e), skip_bad_lines, counts)
+
+# ----------------------------------------------------------------------------- device, dtype, DDP
+
+
+def resolve_device(device, dtype):
+    """'auto' -> the best this machine has: cuda > mps > cpu; bfloat16 on GPUs that run it
+    natively (Ampere and newer), float16 on older ones (T4, V100: needs a GradScaler when
+    training), float32 on CPU and MPS. Explicit choices are checked, not trusted."""
+    import torch
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        die(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        die(f"device={device} but this machine (or this torch build) has no CUDA; use --device=cpu")
+    if kind == 'mps' and not torch.backends.mps.is_available():
+        die(f"device={device} but MPS is not available here; use --device=cpu")
+    if dtype == 'auto':
+        # Compute capability 8.0+ (Ampere) runs bf16 natively; is_bf16_supported() would also say
+        # yes on a T4 (emulated, slow), so ask the chosen device for its capability instead.
+        native_bf16 = kind == 'cuda' and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+        dtype = 'float32' if kind != 'cuda' else 'bfloat16' if native_bf16 else 'float16'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
+    if dtype == 'float16' and kind != 'cuda':
+        die("dtype=float16 needs a CUDA GPU (it relies on GradScaler); use bfloat16 or float32 here")
+    return device, kind, dtype
+
+
+class RunEnv:
+    """Where this process runs: rank and world size under torchrun, device, dtype, autocast.
+    A plain record, filled by init_run()."""
+    ddp = False
+    rank = local_rank = 0
+    world = 1
+    master = True
+    device = device_type = dtype = 'cpu'
+
+    def say(self, *args, **kw):
+        """print, on rank 0 only (every rank runs the same script)."""
+        if self.master:
+            print(*args, **kw, flush=True)
+
+
+def init_run(device='auto', dtype='auto'):
+    """Device and dtype, and under torchrun the process group (nccl on GPUs, gloo on CPUs)."""
+    import torch
+    import torch.distributed as dist
+    from contextlib import nullcontext
+    env = RunEnv()
+    env.ddp = 'RANK' in os.environ  # launched by torchrun
+    if env.ddp:
+        env.rank, env.local_rank, env.world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+        env.master = env.rank == 0
+        if device in ('auto', 'cuda'):
+            device = f'cuda:{env.local_rank}' if torch.cuda.is_available() else 'cpu'
+    env.device, env.device_type, env.dtype = resolve_device(device, dtype)
+    env.ptdtype = getattr(torch, env.dtype)
+    if env.ddp:
+        dist.init_process_group(backend='nccl' if env.device_type == 'cuda' else 'gloo')
+        if env.device_type == 'cuda':
+            torch.cuda.set_device(env.device)
+        global exit_fn
+        exit_fn = leave  # die() on any rank must not race gloo's threads either
+    if env.device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
+        torch.backends.cudnn.allow_tf32 = True
+    env.autocast = nullcontext() if env.dtype == 'float32' else torch.autocast(device_type=env.device_type, dtype=env.ptdtype)
+    return env
+
+
+def leave(code=0):
+    """Exit. Under DDP, os._exit after leaving the process group: gloo's worker threads can still be
+    releasing the last collective's tensors, and that races with Python's shutdown (SIGABRT,
+    'terminate called without an active exception': 3 of 40 torchrun runs on CPU before this).
+    DDP keeps the process group alive, so destroying it does not join those threads."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        sys.exit(code)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def should_stop(env):
+    """The signal to stop on (0: go on), agreed by all processes so that they stop at the same step."""
+    if not env.ddp:
+        return stop_signal
+    import torch
+    import torch.distributed as dist
+    flag = torch.tensor(stop_signal, device=env.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def gather(env, obj):
+    """Every process's obj, as a list indexed by rank (just [obj] without DDP)."""
+    if not env.ddp:
+        return [obj]
+    import torch.distributed as dist
+    objs = [None] * env.world
+    dist.all_gather_object(objs, obj)
+    return objs
+
+# ----------------------------------------------------------------------------- schedule, FLOPs
+
+
+def cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_end):
+    """Linear warmup to learning_rate, cosine decay to min_lr at decay_end, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_end:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_end - warmup_iters)  # max(): warmup may equal the decay end
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+# Dense bf16/fp16 tensor-core peaks; the first name found in the device's name wins (L40S before L4).
+GPU_PEAK_FLOPS = {'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, '4090': 165e12, '3090': 71e12,
+                  'T4': 65e12, 'V100': 125e12}
+
+
+def peak_flops(env):
+    """For MFU: a known GPU's spec sheet, or else a matmul timed on this device now."""
+    import torch
+    name = torch.cuda.get_device_name(env.device) if env.device_type == 'cuda' else ''
+    return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 0.0) or measure_flops(env.device, env.ptdtype)
+
+
+def measure_flops(device='cpu', dtype=None, rounds=10, seconds=0.05, n=1024):
+    """Peak FLOP/s where no spec sheet applies (a CPU, a Mac, an unlisted GPU): the best of a few
+    timed n x n matmuls (the best, because a busy machine only makes a round slower)."""
+    import torch
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    kind = torch.device(device).type
+    sync = torch.cuda.synchronize if kind == 'cuda' else torch.mps.synchronize if kind == 'mps' else (lambda: None)
+    for _ in range(3):  # warm-up: thread pools, caches, clocks
+        a @ b
+    best = 0.0
+    for _ in range(rounds):
+        sync()
+        k, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            k += 1
+        sync()
+        best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0))
+    return best
+
+# ----------------------------------------------------------------------------- the log and the plot
+
+
+def read_log(path):
+    """The rows of a log.jsonl; a line cut short by kill -9 (or edited by hand) is skipped: it is only history."""
+    rows = []
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get('iter'), int):
+                    rows.append(row)
+    return rows
+
+
+def open_log(env, out_dir, iter_num, last_eval, config):
+    """Start out_dir/log.jsonl: one JSON row per step and per eval. On resume it is first trimmed
+    to where the checkpoint was taken (via a temp file: a kill here must not cost the history), so
+    the file always describes exactly one run. Returns log(**row), which also sends the row to
+    Weights & Biases / SwanLab when config asks (wandb_log / swanlab_log)."""
+    if not env.master:
+        return lambda **row: None
+    path = os.path.join(out_dir, 'log.jsonl')
+    # keep the eval the checkpoint was taken at (logged just before the save), drop what came after
+    rows = [r for r in (read_log(path) if iter_num > 0 else [])
+            if r['iter'] < iter_num or (r['iter'] == last_eval == iter_num and 'val_loss' in r)]
+    with atomic_write(path) as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    trackers = start_trackers(config)
+    logf = open(path, 'a', encoding='utf-8')
+
+    def log(**row):
+        logf.write(json.dumps(row) + '\n')
+        logf.flush()
+        for send in trackers:
+            send(row)
+    return log
+
+
+def start_trackers(config):
+    """Weights & Biases / SwanLab, when asked for: both optional packages, imported only then.
+    A missing package or a tracker that cannot start stops the run now, in one line, not hours in."""
+    trackers = []
+    for key, package in (('wandb_log', 'wandb'), ('swanlab_log', 'swanlab')):
+        if not config.get(key):
+            continue
+        try:
+            mod = __import__(package)
+        except ImportError:
+            die(f"{key}=True needs the {package} package: pip install {package} (or drop {key})")
+        project, name = config.get(f'{package}_project') or 'nanolm', config.get(f'{package}_run_name') or None
+        try:
+            if package == 'wandb':
+                mod.init(project=project, name=name, config=config)
+            else:
+                mod.init(project=project, experiment_name=name, config=config)
+        except Exception as e:  # no network, not logged in, ...
+            die(f"could not start {package} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"log in, or set {'WANDB_MODE=offline' if package == 'wandb' else 'SWANLAB_MODE=local'} to log locally")
+        trackers.append(lambda row, mod=mod: mod.log({k: v for k, v in row.items() if k != 'iter'}, step=row['iter']))
+    return trackers
+
+
+def plot_log(out_dir):
+    """out_dir/loss.png from log.jsonl, when matplotlib is installed. Returns the message to print."""
+    log_path = os.path.join(out_dir, 'log.jsonl')
+    try:
+        import matplotlib
+    except ImportError:
+        return f"loss history: {log_path} (pip install matplotlib for a plot)"
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = read_log(log_path)
+    steps, evals = [r for r in rows if 'loss' in r], [r for r in rows if 'val_loss' in r]
+    plt.figure(figsize=(7, 4))
+    plt.plot([r['iter'] for r in steps], [r['loss'] for r in steps], lw=0.8, label='train (each step)')
+    plt.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='val')
+    plt.xlabel('iter'), plt.ylabel('loss'), plt.legend(), plt.grid(alpha=0.3)
+    plt.savefig(os.path.join(out_dir, 'loss.png'), dpi=100, bbox_inches='tight')
+    plt.close()
+    return f"loss history: {log_path}, plot: {out_dir}/loss.png"
