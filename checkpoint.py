@@ -5,7 +5,8 @@ Checkpoints, written once for every script (train.py, finetune_sft.py, sample.py
   start_run                           what may happen to out_dir: a new run, a resume, or a refusal
   check_resume                        the saved model and tokenizer must be the ones configured now
   save_run / restore_run              everything that decides the rest of a run (weights, optimizer,
-                                      GradScaler, counters, every RNG, the data position), per rank
+                                      GradScaler, counters, every RNG, the data position), in one
+                                      format for one process, DDP and FSDP
   load_model                          a model and its tokenizer from an out_dir (or hf:<folder>)
 
 A checkpoint is a dict: model (state_dict), model_config, config (the script's settings),
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from common import atomic_write, die, fsync_dir, gather
-from model import GPT, ModelConfig
+from model import GPT, ModelConfig, add_lora, merge_lora
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl', 'loss.png')  # plus ckpt_<iter>.pt: what a run writes in out_dir
 
@@ -128,56 +129,72 @@ def resume_notes(ckpt, config, world):
         config['lr_decay_iters'] = old.get('lr_decay_iters') or old['max_iters']
         changed.append(f"the LR still decays to min_lr at iter {config['lr_decay_iters']} (set --lr_decay_iters to move that)")
     if ckpt.get('world_size', 1) != world:
-        changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (batches are drawn from new random streams)")
+        changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (the same data stream; dropout masks start fresh)")
     return changed
 
 
 def rng_state(env, sampler):
     """Every random stream that decides what comes next, per rank (gathered to all ranks)."""
-    return {'torch': gather(env, torch.get_rng_state()), 'sampler': gather(env, sampler.get_state()),
+    return {'torch': gather(env, torch.get_rng_state()), 'sampler': [sampler.get_state()],  # the same on every rank
             'cuda': gather(env, torch.cuda.get_rng_state()) if env.device_type == 'cuda' else [],
             'python': (lambda s: (s[0], list(s[1]), s[2]))(random.getstate()),
             'numpy': (lambda s: (s[0], torch.from_numpy(s[1].astype(np.int64)), *s[2:]))(np.random.get_state())}
 
 
+def full_state(model, optimizer):
+    """-> (model state_dict, optimizer state_dict), whole and on the CPU, in one format whatever the
+    mode: parameter names as keys (torch.distributed.checkpoint's), so a checkpoint from one
+    process, DDP or FSDP resumes in any of them. Under FSDP every rank must call it (it gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
 def save_run(env, out_dir, model, optimizer, scaler, sampler, keep_last_n=1, is_best=False, **fields):
     """Checkpoint a run in progress: model, optimizer, GradScaler, every RNG and `fields`
-    (config, model_config, tokenizer, iter_num, best_val, ...). Called on every rank."""
+    (config, model_config, tokenizer, iter_num, best_val, ...). Called on every rank;
+    `model` is the unwrapped one (for FSDP the sharded module itself)."""
     rng = rng_state(env, sampler)
-    sums = gather(env, sum(p.double().sum().item() for p in model.parameters())) if env.ddp else []
+    sharded = type(model).__name__.startswith('FSDP')
+    sums = gather(env, sum(p.double().sum().item() for p in model.parameters())) if env.ddp and not sharded else []
     if len(set(sums)) > 1:  # gradient all-reduce failed somewhere: saving would bless rank 0's copy
         die(f"the {env.world} processes no longer hold the same weights (parameter sums {sums}); the last checkpoint is untouched")
+    model_state, optim_state = full_state(model, optimizer)
     if env.master:
-        state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        state = {'model': model_state, 'optimizer': optim_state, 'scaler': scaler.state_dict(),
                  'rng': rng, 'world_size': env.world, **fields}
         save_checkpoint(state, out_dir, keep_last_n=keep_last_n, is_best=is_best)
 
 
 def restore_run(ckpt, env, model, optimizer, scaler, sampler, seed):
-    """Load a checkpoint into a run being set up; -> its counters (iter_num, best_val, skipped, last_eval).
-    Older or hand-made checkpoints may lack any of the rest: resume with what is there, and say so."""
-    model.load_state_dict(ckpt['model'])
-    if ckpt.get('optimizer'):
-        optimizer.load_state_dict(ckpt['optimizer'])
+    """Load the optimizer, GradScaler and random streams of a checkpoint into a run being set up
+    (the weights were loaded before the model was wrapped); -> iter_num, best_val, skipped, last_eval.
+    Older or hand-made checkpoints may lack any of these: resume with what is there, and say so."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    optim_state = ckpt.get('optimizer')
+    if optim_state and all(isinstance(k, str) for k in optim_state.get('state', {})):  # names as keys
+        set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+    elif optim_state:  # older checkpoints: torch's plain format (one process or DDP)
+        optimizer.load_state_dict(optim_state)
     if ckpt.get('scaler'):  # empty when saved by a run without fp16 (a disabled GradScaler)
         scaler.load_state_dict(ckpt['scaler'])
-    counters = {'iter_num': ckpt.get('iter_num', 0), 'best_val': ckpt.get('best_val', float('inf')),
-                'skipped': ckpt.get('skipped', 0), 'last_eval': ckpt.get('last_eval', -1)}
-    rng, rank = ckpt.get('rng'), env.rank
+    rng, rank, iter_num = ckpt.get('rng'), env.rank, ckpt.get('iter_num', 0)
+    if rng:  # the data position: one stream, the same on every rank, so any world size continues it
+        sampler.set_state(rng['sampler'][0])
+    else:
+        sampler.manual_seed(seed + iter_num)
     if rng and ckpt.get('world_size', 1) == env.world:
         random.setstate((rng['python'][0], tuple(rng['python'][1]), rng['python'][2]))
         np.random.set_state((rng['numpy'][0], rng['numpy'][1].numpy(), *rng['numpy'][2:]))
         torch.set_rng_state(rng['torch'][rank])
-        sampler.set_state(rng['sampler'][rank])
         if env.device_type == 'cuda' and rng.get('cuda'):
             torch.cuda.set_rng_state(rng['cuda'][rank])
-    else:  # another world size, or no saved state: fresh, but still deterministic, streams from here on
-        torch.manual_seed(seed + rank + counters['iter_num'])
-        sampler.manual_seed(seed + 1000 * rank + counters['iter_num'])
+    else:  # another world size (dropout masks are per process), or no saved state: fresh but deterministic
+        torch.manual_seed(seed + rank + iter_num)
     missing = [k for k in ('optimizer', 'rng', 'iter_num') if k not in ckpt]
     if missing:
         env.say(f"note: the checkpoint has no {', '.join(missing)}; those start fresh")
-    return counters
+    return iter_num, ckpt.get('best_val', float('inf')), ckpt.get('skipped', 0), ckpt.get('last_eval', -1)
 
 
 def load_model(out_dir, ckpt_name='ckpt.pt', init_from=''):
@@ -190,5 +207,11 @@ def load_model(out_dir, ckpt_name='ckpt.pt', init_from=''):
     else:
         ckpt = load_checkpoint(os.path.join(out_dir, ckpt_name))
     model = GPT(ModelConfig.from_dict(ckpt['model_config']))
-    model.load_state_dict(ckpt['model'])
+    lora = ckpt.get('lora')  # a finetune_sft.py run with LoRA: its adapters are folded into plain weights here
+    if lora:
+        add_lora(model, lora['rank'], lora['alpha'], 0.0, lora['targets'])
+    # a finetune_cls.py classifier also holds its head (score.weight): not part of the language model
+    model.load_state_dict({k: v for k, v in ckpt['model'].items() if not k.startswith('score.')})
+    if lora:
+        merge_lora(model)
     return model.eval(), ckpt.get('tokenizer'), ckpt

@@ -258,8 +258,11 @@ class RunEnv:
             print(*args, **kw, flush=True)
 
 
-def init_run(device='auto', dtype='auto'):
-    """Device and dtype, and under torchrun the process group (nccl on GPUs, gloo on CPUs)."""
+def init_run(device='auto', dtype='auto', timeout=600):
+    """Device and dtype, and under torchrun the process group (nccl on GPUs, gloo on CPUs).
+    timeout: seconds a collective may wait for the other processes before it fails, so a hung
+    or lost rank ends the job instead of blocking it forever (torch's default is 10-30 min)."""
+    import datetime
     import torch
     import torch.distributed as dist
     from contextlib import nullcontext
@@ -273,7 +276,8 @@ def init_run(device='auto', dtype='auto'):
     env.device, env.device_type, env.dtype = resolve_device(device, dtype)
     env.ptdtype = getattr(torch, env.dtype)
     if env.ddp:
-        dist.init_process_group(backend='nccl' if env.device_type == 'cuda' else 'gloo')
+        dist.init_process_group(backend='nccl' if env.device_type == 'cuda' else 'gloo',
+                                timeout=datetime.timedelta(seconds=timeout))
         if env.device_type == 'cuda':
             torch.cuda.set_device(env.device)
         global exit_fn
@@ -297,6 +301,37 @@ def leave(code=0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def wrap_model(model, env, compile=False, fsdp=False):
+    """The model the loop calls: under torchrun wrapped in DDP (a full copy per process, gradients
+    all-reduced) or sharded with FSDP2 (each process holds 1/world of the parameters, gradients
+    and optimizer state: per block, then the root); optionally torch.compile'd. The unwrapped
+    model (checkpoints, generation) is still the one passed in: FSDP2 shards it in place."""
+    import torch
+    if fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        # On GPUs compute in bf16/fp16 but reduce gradients in fp32; on CPUs everything stays fp32.
+        mp = MixedPrecisionPolicy(param_dtype=env.ptdtype, reduce_dtype=torch.float32) if env.device_type == 'cuda' else MixedPrecisionPolicy()
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    if compile:
+        env.say("compiling the model (takes a minute)...")
+        model = torch.compile(model)
+    if env.ddp and not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[env.local_rank] if env.device_type == 'cuda' else None)
+    return model
+
+
+def grad_sync(model, env, on):
+    """Gradient accumulation: reduce gradients across processes only on the last micro-step."""
+    if env.ddp:
+        if hasattr(model, 'set_requires_gradient_sync'):  # FSDP2
+            model.set_requires_gradient_sync(on)
+        else:
+            model.require_backward_grad_sync = on
 
 
 def should_stop(env):
@@ -446,6 +481,12 @@ def plot_log(out_dir):
     plt.plot([r['iter'] for r in steps], [r['loss'] for r in steps], lw=0.8, label='train (each step)')
     plt.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='val')
     plt.xlabel('iter'), plt.ylabel('loss'), plt.legend(), plt.grid(alpha=0.3)
+    accs = [r for r in evals if 'val_acc' in r]
+    if accs:  # a classifier (finetune_cls.py): accuracy on a second axis
+        ax = plt.gca().twinx()
+        for key, style, color in (('train_acc', 's:', 'tab:green'), ('val_acc', 's--', 'tab:red')):
+            ax.plot([r['iter'] for r in accs], [r[key] for r in accs], style, color=color, label=key.replace('_acc', ' accuracy'))
+        ax.set_ylabel('accuracy'), ax.set_ylim(0, 1.02), ax.legend(loc='center right')
     plt.savefig(os.path.join(out_dir, 'loss.png'), dpi=100, bbox_inches='tight')
     plt.close()
     return f"loss history: {log_path}, plot: {out_dir}/loss.png"

@@ -88,6 +88,8 @@ swanlab_run_name = ''
 device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4), float32 on CPU/MPS
 compile = False           # torch.compile the model (faster on recent GPUs; slow to start)
+fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
 config = configure(globals())
 # ----------------------------------------------------------------------------- setup
@@ -107,8 +109,10 @@ if min_lr > learning_rate:
     die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
 if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
     die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
+if fsdp and 'RANK' not in os.environ:
+    die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
 
-env = common.init_run(device, dtype)  # device, dtype, and the process group under torchrun
+env = common.init_run(device, dtype, dist_timeout)  # device, dtype, and the process group under torchrun
 say, device = env.say, env.device
 # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (enabled=False is a no-op).
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))
@@ -145,10 +149,11 @@ for split in ('train', 'val'):
             f"use --block_size={max(8, len(data[split]) // 2)} or more data")
 
 
-def get_batch(split, gen):
-    """A random batch: x (B, T) tokens, y (B, T) the same shifted by one (the next tokens)."""
+def get_batch(split, gen=None, starts=None):
+    """x (B, T) tokens and y (B, T), the same shifted by one (the next tokens), from B windows
+    of the split: at `starts`, or at batch_size random places drawn from gen."""
     d = data[split]
-    ix = torch.randint(len(d) - block_size, (batch_size,), generator=gen).tolist()
+    ix = (starts if starts is not None else torch.randint(len(d) - block_size, (batch_size,), generator=gen)).tolist()
     x = torch.stack([torch.from_numpy(d[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(d[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     if env.device_type == 'cuda':  # pinned memory lets the copy overlap with compute
@@ -173,25 +178,25 @@ if ckpt is not None:
     lr_decay_iters = config['lr_decay_iters']
     if changed:
         say("resuming with changes: " + ", ".join(changed))
-torch.manual_seed(seed + env.rank)
-sampler = torch.Generator().manual_seed(seed + 1000 * env.rank)  # training batches: its state is the data position
-model = GPT(mcfg).to(device)
+# Training batches come from one generator, the same on every process (each takes its slice of
+# the global batch): its state is the data position, whatever the number of processes.
+sampler = torch.Generator().manual_seed(seed)
+torch.manual_seed(seed)  # the same initial weights on every process (FSDP shards them as they are)
+raw_model = GPT(mcfg)
+torch.manual_seed(seed + env.rank)  # from here on (dropout) each process has its own stream
 if init_from.startswith('hf:'):
-    model.load_state_dict(base.state_dict())
+    raw_model.load_state_dict(base.state_dict())
     del base
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+if ckpt is not None:
+    raw_model.load_state_dict(ckpt['model'])
+raw_model.to(device)
+model = common.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
+optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))  # after FSDP: on the shards
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 if ckpt is not None:
-    iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, model, optimizer, scaler, sampler, seed).values()
+    iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
     del ckpt
-raw_model = model
-if compile:
-    say("compiling the model (takes a minute)...")
-    model = torch.compile(model)
-if env.ddp:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    model = DDP(model, device_ids=[env.local_rank] if env.device_type == 'cuda' else None)
 peak_flops = peak_flops or common.peak_flops(env)
 
 
@@ -254,13 +259,16 @@ while iter_num < max_iters:
         eval_and_checkpoint()
         t0 = time.perf_counter()  # don't count eval and saving in this step's time
 
+    # The global batch of this step, accum micro-steps x world processes x batch_size windows, is
+    # drawn the same on every process; each takes its own column. So 2 processes x batch B see
+    # exactly the tokens of 1 process x 2B (or x B with twice the accumulation).
+    starts = torch.randint(len(data['train']) - block_size, (accum, env.world, batch_size), generator=sampler)[:, env.rank]
     # forward and backward over accum micro-batches; the gradients add up in .grad.
     # (nanoGPT prefetches the next batch while the GPU computes; on a CPU there is nothing to overlap.)
     loss_sum = torch.zeros((), device=device)
     for micro in range(accum):
-        x, y = get_batch('train', sampler)  # (B, T), (B, T)
-        if env.ddp:  # all-reduce the gradients only on the last micro-step
-            model.require_backward_grad_sync = micro == accum - 1
+        x, y = get_batch('train', starts=starts[micro])  # (B, T), (B, T)
+        common.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
         with env.autocast:
             _, loss = model(x, y)
         scaler.scale(loss / accum).backward()

@@ -75,8 +75,8 @@ def test_ddp_two_processes_on_cpu(char_data, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'x2' in p.stdout and f"{2 * 4 * 32:,} tokens/iter" in p.stdout
     ck = load_checkpoint(out / 'ckpt.pt')
-    assert ck['world_size'] == 2 and len(ck['rng']['sampler']) == 2
-    assert not torch.equal(ck['rng']['sampler'][0], ck['rng']['sampler'][1])  # each rank draws its own batches
+    assert ck['world_size'] == 2 and len(ck['rng']['sampler']) == 1  # one data stream, each rank takes its slice
+    assert not torch.equal(ck['rng']['torch'][0], ck['rng']['torch'][1])  # dropout streams differ per rank
     train_loss, _ = losses(out)
     assert len(train_loss) == 20 and train_loss[19] < train_loss[0]
     # a NaN loss under DDP: every rank stops with the one-line error and exit code 1 (not a gloo abort at exit)
