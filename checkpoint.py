@@ -105,6 +105,23 @@ def clear_run(out_dir, old):
     os.makedirs(out_dir, exist_ok=True)
 
 
+PROBE = "Hello, world! 1234 naïve café\n床前明月光，疑是地上霜。 🎉 <|endoftext|> def f(x): return x"
+
+
+def same_tokenizer(a, b):
+    """Do two tokenizer specs encode alike? Equal specs do; otherwise (a Hugging Face tokenizer.json
+    read back, a spec with other bookkeeping fields) compare the vocabulary size, the special tokens
+    and the ids of a probe text mixing English, Chinese, digits, emoji and code."""
+    if a == b:
+        return True
+    import tokenizer
+    try:
+        ta, tb = tokenizer.load(a), tokenizer.load(b)
+        return (ta.n_vocab, ta.special, ta.encode(PROBE)) == (tb.n_vocab, tb.special, tb.encode(PROBE))
+    except ValueError:  # e.g. a char vocabulary without some probe character
+        return False
+
+
 def check_resume(ckpt, where, mcfg, tok_spec):
     """The checkpoint's model and tokenizer must be the ones configured now; -> the saved ModelConfig."""
     saved = ModelConfig.from_dict(ckpt['model_config'])
@@ -112,7 +129,7 @@ def check_resume(ckpt, where, mcfg, tok_spec):
             if getattr(mcfg, k) != v and k != 'dropout']
     if diff:
         die(f"{where} does not match this config ({'; '.join(diff)}); resume with the run's own settings or use a new --out_dir")
-    if ckpt.get('tokenizer', tok_spec) != tok_spec:  # (a checkpoint without one is taken at its word)
+    if not same_tokenizer(ckpt.get('tokenizer', tok_spec), tok_spec):  # (a checkpoint without one is taken at its word)
         die(f"{where} was trained with another tokenizer than this run's data uses; resume on the run's own dataset")
     saved.dropout = mcfg.dropout
     return saved
@@ -197,12 +214,13 @@ def restore_run(ckpt, env, model, optimizer, scaler, sampler, seed):
     return iter_num, ckpt.get('best_val', float('inf')), ckpt.get('skipped', 0), ckpt.get('last_eval', -1)
 
 
-def load_model(out_dir, ckpt_name='ckpt.pt', init_from=''):
+def load_model(out_dir, ckpt_name='ckpt.pt', init_from='', block_size=None):
     """-> (model on the CPU in eval mode, tokenizer spec, checkpoint dict) from out_dir/ckpt_name,
-    or from a Hugging Face folder when init_from='hf:<folder or hub id>'."""
+    or from a Hugging Face folder when init_from='hf:<folder or hub id>' (block_size: a shorter
+    context than the released model's)."""
     if init_from.startswith('hf:'):
         import hf
-        mcfg, state, spec = hf.load_hf(init_from[3:])
+        mcfg, state, spec = hf.load_hf(init_from[3:], block_size=block_size)
         ckpt = {'model': state, 'model_config': asdict(mcfg), 'tokenizer': spec, 'config': {}}
     else:
         ckpt = load_checkpoint(os.path.join(out_dir, ckpt_name))

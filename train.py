@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 import tokenizer
-from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, save_run, start_run
-from model import GPT, make_config
+from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
+from model import GPT, ModelConfig, make_config
 
 # ----------------------------------------------------------------------------- settings
 # run
@@ -166,13 +166,16 @@ mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n
                    n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
                    pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
-if init_from.startswith('hf:'):  # released weights: their architecture and tokenizer replace the settings above
-    base, base_tok, _ = load_model('', init_from=init_from)
-    if base_tok != tok_spec:
-        die(f"{init_from} has another tokenizer than {ds_dir}/; prepare the data with the model's tokenizer")
+base_model = init_from if init_from.startswith('hf:') else ckpt.get('base_model', '') if ckpt else ''
+if init_from.startswith('hf:'):  # released weights: their architecture replaces the model settings above
+    base, base_tok, _ = load_model('', init_from=init_from, block_size=block_size)
+    if not same_tokenizer(base_tok, tok_spec):
+        die(f"{init_from} has another tokenizer than {ds_dir}/ (prepare the data with the model's tokenizer: gpt2 for GPT-2)")
     mcfg = base.cfg
     mcfg.dropout = dropout
 if ckpt is not None:
+    if base_model:  # a run that started from released weights: its architecture is the checkpoint's, not the settings'
+        mcfg = ModelConfig.from_dict({**ckpt['model_config'], 'dropout': dropout})
     mcfg = check_resume(ckpt, os.path.join(out_dir, 'ckpt.pt'), mcfg, tok_spec)
     changed = resume_notes(ckpt, config, env.world)
     lr_decay_iters = config['lr_decay_iters']
@@ -222,7 +225,8 @@ def estimate_loss():
 
 def checkpoint(is_best=False):
     save_run(env, out_dir, raw_model, optimizer, scaler, sampler, keep_last_n, is_best, model_config=asdict(mcfg),
-             config=config, tokenizer=tok_spec, iter_num=iter_num, best_val=best_val, skipped=skipped, last_eval=last_eval)
+             config=config, tokenizer=tok_spec, base_model=base_model, iter_num=iter_num, best_val=best_val, skipped=skipped,
+             last_eval=last_eval)
 
 
 def eval_and_checkpoint():

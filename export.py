@@ -1,0 +1,49 @@
+"""
+Export a checkpoint as a Hugging Face model folder, for transformers, vLLM, or llama.cpp's converter:
+
+    python export.py --out_dir=out-poems --to=hf_out/
+    python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf_out')('Hello')[0])"
+
+GPT-2-family checkpoints become GPT2LMHeadModel, LLaMA-family ones LlamaForCausalLM (q, k, v biases
+too, with a zero o_proj bias). The tokenizer goes along (tokenizer.json, and GPT-2's vocab.json +
+merges.txt for gpt2), with the chat template in tokenizer_config.json for SFT checkpoints.
+A model no Hugging Face class computes exactly (e.g. GPT-2 with rope) is refused in one line.
+Needs the safetensors package (pip install safetensors); transformers is not needed.
+"""
+import os
+
+import common  # first: one-line errors, even during the torch import
+from common import die
+from configurator import configure
+
+# ----------------------------------------------------------------------------- settings
+out_dir = 'out'           # where train.py (or finetune_sft.py) wrote the checkpoint
+ckpt = 'ckpt.pt'          # ckpt.pt (latest) or best.pt (lowest val loss)
+to = ''                   # the folder to write the Hugging Face model into (required)
+dtype = 'float32'         # of the weights written: 'float32', 'bfloat16' or 'float16'
+overwrite = False         # write into a `to` folder that already has files in it
+configure(globals())
+# -----------------------------------------------------------------------------
+
+if not to:
+    die("--to=<folder> is required: where to write the Hugging Face model")
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype={dtype!r} must be 'float32', 'bfloat16' or 'float16'")
+if os.path.isdir(to) and os.listdir(to) and not overwrite:
+    die(f"{to} already has files in it; pass --overwrite=True to write over them, or pick another --to")
+if os.path.exists(to) and not os.path.isdir(to):
+    die(f"{to} is a file, not a folder")
+path = os.path.join(out_dir, ckpt)
+if not os.path.isfile(path):  # checked before the slow torch import
+    die(f"checkpoint {path} not found; pass the --out_dir (and --ckpt) of a training run")
+
+try:
+    from checkpoint import load_checkpoint
+except ImportError:  # before checkpoint.py existed, model.py had it
+    from model import load_checkpoint
+import hf
+
+names = hf.export_hf(load_checkpoint(path), to, dtype=dtype)
+print(f"wrote {to}/: {', '.join(names)}")
+print(f"load it with transformers: AutoModelForCausalLM.from_pretrained({to!r}); "
+      f"for llama.cpp: python convert_hf_to_gguf.py {to} --outfile model.gguf")
