@@ -11,7 +11,9 @@ train    runs train.py itself in a temporary out_dir (arguments after `train` go
          after warm-up, MFU against a matmul timed in this process, peak RSS of the run, time
          to the first eval with val loss <= --target_loss (or train loss, if no eval got there).
 sample   generation tokens/s from a checkpoint, with and without the KV cache.
-prepare  prepare.py's encode rate (MB/s, tokens/s) on the files given, with 1 and 2 workers.
+prepare  prepare.py's encode rate (MB/s, tokens/s, peak RSS) on the files given, with 1 and 2
+         workers, and BPE training time (--bpe_vocab=4096,16384) beside Hugging Face
+         `tokenizers` when that is installed.
 
 --json=FILE (any mode) also writes the rows as JSON.
 """
@@ -90,13 +92,97 @@ def bench_sample(args):
     return rows
 
 
-def bench_prepare(args):
+def _peak_rss_mb():
+    """The peak RSS of this process or of any child it waited for (the encoding workers), in MB."""
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return peak / (2**20 if sys.platform == 'darwin' else 2**10)  # bytes on macOS, KB on Linux
+
+
+def _prepare_once(conn, paths, tokenizer, workers, out_dir):
+    """In a forked child, so that the peak memory is this run's alone: prepare the files, timing
+    pass 2 (the encoding) on its own through prepare.pass2's own count of seconds."""
     import prepare
+    encode = {}
+    pass2 = prepare.pass2
+
+    def timed_pass2(*args):
+        counts = pass2(*args)
+        encode['seconds'] = counts['seconds']
+        return counts
+    prepare.pass2 = timed_pass2
+    t0 = time.time()
+    meta = prepare.prepare('bench', input=list(paths), tokenizer_name=tokenizer, workers=workers,
+                           out_dir=out_dir, quiet=True)
+    conn.send((meta, encode['seconds'], time.time() - t0, _peak_rss_mb()))
+
+
+def bench_prepare(paths, tokenizer='gpt2', workers=(1, 2)):
+    """prepare.py's speed on the files given, once per worker count: encode rate (MB of text and
+    tokens per second of pass 2), the whole run's seconds (both passes) and its peak RSS (the
+    largest process: the main one, or a worker)."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork')
+    rows = []
+    for w in workers:
+        with tempfile.TemporaryDirectory() as out_dir:
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_prepare_once, args=(theirs, paths, tokenizer, w, out_dir))
+            p.start()
+            theirs.close()
+            try:
+                meta, enc_s, total_s, rss = mine.recv()
+            except EOFError:  # prepare.py stopped: its one-line error is already on stderr
+                p.join()
+                raise SystemExit(p.exitcode or 1) from None
+            p.join()
+        n_tok = meta['train_tokens'] + meta['val_tokens']
+        rows.append({'mode': 'prepare', 'tokenizer': tokenizer, 'workers': w, 'MB': round(meta['text_bytes'] / 2**20, 1),
+                     'MB/s': round(meta['text_bytes'] / 2**20 / enc_s, 1), 'tokens/s': round(n_tok / enc_s),
+                     'seconds': round(total_s, 1), 'peak RSS MB': round(rss)})
+    return rows
+
+
+def bench_bpe(paths, vocab_sizes=(4096, 16384)):
+    """BPE training time and bytes/token on the files given (read as prepare.py reads them), next
+    to Hugging Face `tokenizers` (Rust) doing the same job when it is installed (a benchmark only,
+    never a dependency of nanolm)."""
+    import prepare
+    import tokenizer
+    texts = list(prepare.read_texts(paths))
+    n_bytes = sum(len(t.encode()) for t in texts)
+    try:
+        import tokenizers
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        tokenizers = None
+    rows = []
+    for v in vocab_sizes:
+        t0 = time.time()
+        tok = tokenizer.load(tokenizer.bpe_spec(tokenizer.train_bpe(texts, v)))
+        row = {'mode': 'bpe', 'vocab': v, 'MB': round(n_bytes / 2**20, 2), 'seconds': round(time.time() - t0, 1),
+               'bytes/token': round(n_bytes / sum(len(tok.encode(t)) for t in texts), 3)}
+        if tokenizers:  # the same pre-split pattern, then byte-level BPE
+            hf = Tokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(tokenizer.PAT), behavior='isolated'),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            trainer = trainers.BpeTrainer(vocab_size=v, special_tokens=tokenizer.SPECIALS, show_progress=False,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            t0 = time.time()
+            hf.train_from_iterator(texts, trainer)
+            row['HF seconds'] = round(time.time() - t0, 1)
+            row['HF bytes/token'] = round(n_bytes / sum(len(e.ids) for e in hf.encode_batch(texts)), 3)
+        rows.append(row)
+    return rows
+
+
+def prepare_mode(args):
     tok = take(args, 'tokenizer', 'gpt2')
+    vocab_sizes = tuple(int(v) for v in take(args, 'bpe_vocab', '4096').split(','))
     paths = [a for a in args if not a.startswith('--')]
     if not paths:
         die("bench.py prepare needs the corpus files to encode, e.g. python bench.py prepare notes.txt")
-    return prepare.bench(paths, tokenizer_name=tok)
+    return bench_prepare(paths, tok) + bench_bpe(paths, vocab_sizes)
 
 
 def show(rows):
@@ -111,7 +197,7 @@ def show(rows):
 
 if __name__ == '__main__':
     argv = sys.argv[1:]
-    modes = {'train': bench_train, 'sample': bench_sample, 'prepare': bench_prepare}
+    modes = {'train': bench_train, 'sample': bench_sample, 'prepare': prepare_mode}
     if not argv or argv[0] not in modes:
         print(__doc__.strip())
         sys.exit(0 if argv[:1] in (['-h'], ['--help']) else 2)

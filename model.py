@@ -12,12 +12,7 @@ then generation with a KV cache.
 Shapes in comments: B batch, T time (tokens), C n_embd, nh heads, nkv key/value heads,
 hs head size (C // nh), V vocab size.
 """
-import glob
 import math
-import os
-import re
-import shutil
-import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -49,6 +44,12 @@ class ModelConfig:
     mlp: str = 'gelu'          # 'gelu' (GPT-2) | 'swiglu' (LLaMA)
     bias: bool = True          # biases in Linear layers and LayerNorm
     tie_embeddings: bool = True  # lm_head shares its weight with the token embedding
+    qkv_bias: bool = False     # biases on q, k, v even when bias=False (Qwen2)
+    # Llama 3.1's long-context rope scaling ('llama3' in Hugging Face configs); factor 1.0 = off
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_pos: int = 8192  # the context length the model was pretrained at
 
     def __post_init__(self):
         # A wrong architecture should fail here, in one readable line, not deep in a matmul.
@@ -68,6 +69,10 @@ class ModelConfig:
             (self.rope_theta > 0, f"rope_theta={self.rope_theta} must be positive (10000.0 is usual)"),
             (isinstance(self.bias, bool) and isinstance(self.tie_embeddings, bool),
              f"bias={self.bias!r} and tie_embeddings={self.tie_embeddings!r} must be True or False"),
+            (isinstance(self.qkv_bias, bool), f"qkv_bias={self.qkv_bias!r} must be True or False"),
+            (self.rope_scaling_factor == 1.0 or (self.rope_scaling_factor > 0 and self.rope_low_freq_factor > 0
+                                                 and self.rope_high_freq_factor > self.rope_low_freq_factor),
+             "rope scaling needs rope_scaling_factor > 0 and rope_high_freq_factor > rope_low_freq_factor > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -115,6 +120,13 @@ def rope_tables(cfg):
     """cos/sin for rotary embeddings, each (block_size, hs/2)."""
     hs = cfg.n_embd // cfg.n_head
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2).float() / hs))  # (hs/2,)
+    if cfg.rope_scaling_factor != 1.0:
+        # Llama 3.1: slow the low frequencies (wavelength > original context / low_freq_factor) by
+        # the factor, keep the high ones (< original / high_freq_factor), blend those in between.
+        wavelen = 2 * math.pi / inv_freq
+        mix = ((cfg.rope_original_max_pos / wavelen - cfg.rope_low_freq_factor) /
+               (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)).clamp(0, 1)  # 0 = slowed, 1 = kept
+        inv_freq = (1 - mix) * inv_freq / cfg.rope_scaling_factor + mix * inv_freq
     angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)        # (block_size, hs/2)
     return angles.cos(), angles.sin()
 
@@ -131,7 +143,7 @@ class Attention(nn.Module):
         super().__init__()
         self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.n_embd // cfg.n_head
         # q, k and v come out of one matmul; with GQA k and v have fewer heads than q.
-        self.qkv = nn.Linear(cfg.n_embd, (self.nh + 2 * self.nkv) * self.hs, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (self.nh + 2 * self.nkv) * self.hs, bias=cfg.bias or cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
@@ -235,11 +247,13 @@ class GPT(nn.Module):
             n -= self.wte.weight.numel() if not self.cfg.tie_embeddings else 0
         return n
 
-    def forward(self, idx, targets=None, cache=None, pos=0, last_only=False):
+    def forward(self, idx, targets=None, cache=None, pos=0, last_only=False, hidden=False):
         """idx (B, T) token ids. Returns (logits, loss).
         targets (B, T): next-token ids; -100 marks positions that do not count (SFT prompts, padding).
         cache: from new_cache(), for generation; pos: index of idx[:, 0] in the sequence.
-        last_only: compute logits for the last position only (generation: saves a (T, V) matmul)."""
+        last_only: compute logits for the last position only (generation: saves a (T, V) matmul).
+        hidden: return the final hidden states (B, T, C) instead of logits, for a head of one's own
+        (finetune_cls.py's classifier)."""
         B, T = idx.shape
         if pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {pos + T} tokens is longer than block_size={self.cfg.block_size}")
@@ -251,18 +265,22 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache[i] if cache is not None else None, pos)
         x = self.ln_f(x)
+        if hidden:
+            return x, None  # (B, T, C)
         if targets is None:
             return self.lm_head(x[:, [-1]] if last_only else x), None  # (B, 1 or T, V)
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, never_decay=()):
         """AdamW with weight decay on matrices (embeddings, Linear weights) only: decaying
-        biases and norm gains just pulls them toward 0 for no benefit."""
+        biases and norm gains just pulls them toward 0 for no benefit. never_decay: parameters
+        left out of decay too (LoRA with new tokens: decay would shrink the frozen old rows)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        skip = {id(p) for p in never_decay}
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in skip]
+        no_decay = [p for p in params if p.dim() < 2 or id(p) in skip]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         # The fused kernel updates every tensor in one pass (on CPU too: 15 -> 5 ms a step for
         # the verdict model); older torch, or a device without one, gets the default instead.
@@ -284,10 +302,12 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- generation
 
-    def new_cache(self, batch_size, device, dtype):
-        """One (k, v) pair per layer, each (B, nkv, block_size, hs), filled as tokens arrive."""
+    def new_cache(self, batch_size, device, dtype, length=None):
+        """One (k, v) pair per layer, each (B, nkv, length, hs), filled as tokens arrive. length: the
+        most tokens the generation will hold (at most block_size; a 32k-context model need not
+        reserve 32k positions for a 300-token answer)."""
         c = self.cfg
-        shape = (batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head)
+        shape = (batch_size, c.n_kv_head, min(length or c.block_size, c.block_size), c.n_embd // c.n_head)
         return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
                 for _ in range(c.n_layer)]
 
@@ -305,7 +325,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= bs:
                 if cache is None:  # prefill: the whole prompt in one forward
-                    cache = self.new_cache(idx.size(0), idx.device, self.wte.weight.dtype)
+                    cache = self.new_cache(idx.size(0), idx.device, self.wte.weight.dtype, idx.size(1) + max_new_tokens)
                 logits, _ = self(idx[:, pos:], cache=cache, pos=pos, last_only=True)
                 pos = idx.size(1)
             else:
@@ -340,81 +360,69 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def measure_flops(device='cpu', dtype=torch.float32, rounds=10, seconds=0.05):
-    """Peak FLOP/s for MFU where no spec sheet applies (a CPU, a Mac, an unlisted GPU): the best
-    of a few timed square matmuls (the best, because a busy machine only makes a round slower)."""
-    a, b = torch.randn(1024, 1024, device=device, dtype=dtype), torch.randn(1024, 1024, device=device, dtype=dtype)
-    kind = torch.device(device).type
-    sync = torch.cuda.synchronize if kind == 'cuda' else torch.mps.synchronize if kind == 'mps' else (lambda: None)
-    for _ in range(3):  # warm-up: thread pools, caches, clocks
-        a @ b
-    best = 0.0
-    for _ in range(rounds):
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            n += 1
-        sync()
-        best = max(best, 2 * 1024 ** 3 * n / (time.perf_counter() - t0))
-    return best
+# ----------------------------------------------------------------------------- fine-tuning: LoRA, new tokens
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus a trainable low-rank update (LoRA, Hu et al. 2021):
+    y = base(x) + (alpha / rank) * B(A(x)), A (rank, in), B (out, rank). B starts at zero, so
+    before the first step the wrapped model computes exactly what the plain one did."""
+    def __init__(self, base, rank, alpha, dropout=0.0):
+        super().__init__()
+        self.base, self.scale, self.dropout = base, alpha / rank, dropout
+        dev = base.weight.device
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features, device=dev) / math.sqrt(base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
+
+    def forward(self, x):  # (B, T, in) -> (B, T, out), through (B, T, rank)
+        h = F.linear(F.dropout(x, self.dropout, self.training), self.lora_a)
+        return self.base(x) + F.linear(h, self.lora_b) * self.scale
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def _link_or_copy(src, dst):
-    """Make dst name the same bytes as src: a hard link costs no disk; copy where links fail."""
-    if os.path.exists(dst):
-        os.remove(dst)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def save_checkpoint(state, out_dir, keep_last_n=1, is_best=False):
-    """Write state to out_dir/ckpt.pt so that a crash at any moment, even kill -9 halfway
-    through, leaves the previous checkpoint whole: write a temp file in the same folder,
-    fsync it, then rename it over ckpt.pt (a rename is atomic). With keep_last_n > 1 the
-    older ones stay as ckpt_<iter>.pt; best.pt is the one with the lowest val loss."""
-    os.makedirs(out_dir, exist_ok=True)
-    path, tmp = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'ckpt.pt.tmp')
-    if os.path.exists(tmp):
-        os.remove(tmp)  # left by a crash; it may share its bytes with a kept checkpoint, so never write into it
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_last_n > 1:
-            _link_or_copy(tmp, os.path.join(out_dir, f"ckpt_{state['iter_num']:08d}.pt"))
-        if is_best:
-            _link_or_copy(tmp, os.path.join(out_dir, 'best.pt.tmp'))
-            os.replace(os.path.join(out_dir, 'best.pt.tmp'), os.path.join(out_dir, 'best.pt'))
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact") from e
-    if hasattr(os, 'O_DIRECTORY'):  # make the renames themselves durable
-        fd = os.open(out_dir, os.O_DIRECTORY)
-        os.fsync(fd)
-        os.close(fd)
-    for old in sorted(glob.glob(os.path.join(out_dir, 'ckpt_*.pt')))[:-keep_last_n if keep_last_n > 1 else None]:
-        os.remove(old)
+def add_lora(model, rank, alpha, dropout=0.0, targets=('qkv', 'o_proj', 'up_proj', 'down_proj')):
+    """Wrap the Linear layers called `targets` inside the blocks (any of qkv, o_proj, gate_proj,
+    up_proj, down_proj) in LoRALinear, and freeze the rest: afterwards only the adapters
+    train. Unfreeze anything else that should (new token rows, a new head) after this call."""
+    if rank < 1:
+        raise ValueError(f"lora rank={rank} must be at least 1")
+    model.requires_grad_(False)
+    found = set()
+    for parent in list(model.blocks.modules()):
+        for name, child in list(parent.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(parent, name, LoRALinear(child, rank, alpha, dropout))
+                found.add(name)
+    missing = [t for t in targets if t not in found]
+    if missing:
+        have = sorted({n.split('.')[-1] for n, m in model.blocks.named_modules() if isinstance(m, nn.Linear)} - {'base'})
+        raise ValueError(f"lora targets {', '.join(missing)}: no such projection in this model (it has {', '.join(have)})")
+    return model
 
 
-def load_checkpoint(path):
-    """Load a checkpoint onto the CPU, whatever device wrote it, with the names of the plain
-    model (a torch.compile or DDP wrapper adds '_orig_mod.' or 'module.' to every key)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found; train one first (python train.py ...) or pass the right --out_dir")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # (torch's own message would blame weights_only; the file is the problem)
-        raise ValueError(f"{path} is not a readable checkpoint: truncated, corrupt or not a torch file ({type(e).__name__}); "
-                         f"if best.pt or a ckpt_<iter>.pt sits beside it, copy that over it") from None
-    if not isinstance(ckpt, dict) or 'model' not in ckpt or 'model_config' not in ckpt:
-        raise ValueError(f"{path} is not a nanolm checkpoint (no model or model_config in it)")
-    ckpt['model'] = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in ckpt['model'].items()}
-    return ckpt
+def merge_lora(model):
+    """Fold every adapter into its weight (W += scale * B @ A) and put the plain Linear back:
+    the same function, the plain model's parameter names, no extra work per token."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                with torch.no_grad():
+                    child.base.weight += child.scale * (child.lora_b @ child.lora_a)  # (out, rank) @ (rank, in)
+                setattr(parent, name, child.base)
+    return model
+
+
+def grow_vocab(model, new_size, n_old=None):
+    """Room for new tokens (chat tokens added to GPT-2's vocabulary): the token embedding and the
+    output layer get new_size rows (never fewer than now), and rows n_old..new_size-1 (n_old:
+    the current size) start as the mean of rows 0..n_old-1, an "average token" of a sensible
+    scale. Old rows are kept as they are, so every old token's logit is unchanged; tied
+    embeddings stay one matrix."""
+    size, n_old = max(new_size, model.cfg.vocab_size), model.cfg.vocab_size if n_old is None else n_old
+
+    def grown(w):  # (V, C) -> (size, C)
+        out = torch.cat([w.detach(), w.detach().new_zeros(size - w.size(0), w.size(1))])
+        out[n_old:new_size] = w.detach()[:n_old].mean(0)
+        return nn.Parameter(out)
+    model.wte.weight = grown(model.wte.weight)
+    model.lm_head.weight = model.wte.weight if model.cfg.tie_embeddings else grown(model.lm_head.weight)
+    model.wte.num_embeddings = model.lm_head.out_features = model.cfg.vocab_size = size
+    return model

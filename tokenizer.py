@@ -1,22 +1,23 @@
 """
 Tokenizers for nanolm: tiktoken's (gpt2, cl100k_base, o200k_base), a character-level one,
 and a byte-level BPE that we train on our own corpus and then run through tiktoken.
+A library: it imports nothing of nanolm's, and bad specs or files raise one-line ValueErrors
+that the scripts print. prepare.py trains a bpe, writes its files and reads meta.json:
 
-Train a BPE once and reuse it for several datasets:
-
-    python tokenizer.py --input 'corpus/**/*.txt' --vocab_size=8192 --out=tok/mytok
-    python prepare.py mydata --input more.jsonl --tokenizer=tok/mytok
+    python prepare.py mytok --input 'corpus/**/*.txt' --vocab_size=8192 --tokenizer_only
+    python prepare.py mydata --input more.jsonl --tokenizer=data/mytok
 
 In code:
 
     import tokenizer
-    tok, meta = tokenizer.from_meta('data/shakespeare_char')
+    tok = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'})   # or prepare.load_meta(ds_dir)
     ids = tok.encode('hello')            # ordinary text: never produces special ids
     ids = tok.encode_special('<|im_start|>user\nhi<|im_end|>')   # chat specials allowed
     text = tok.decode(ids)
 
 A tokenizer is described by a small JSON "spec" dict, stored in data/<name>/meta.json:
     {"kind": "tiktoken", "name": "gpt2"}
+    {"kind": "tiktoken", "name": "gpt2", "extra_special": {"<|im_start|>": 50257, "<|im_end|>": 50258}}
     {"kind": "char", "chars": "\\n !&',-.3:;?ABC..."}    # id i is chars[i]; eot = len(chars)
     {"kind": "bpe", "name": ..., "pat_str": ..., "special": {...}, "ranks_file": "tokenizer.tiktoken"}
 portable_spec() inlines the ranks file ("ranks": its text) so a checkpoint can carry it.
@@ -26,8 +27,7 @@ import heapq
 import json
 import os
 import re
-import sys
-import time
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,40 +75,23 @@ PAT = '|'.join([
 # -----------------------------------------------------------------------------
 # BPE training
 
-def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes=None, verbose=False):
+def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes=None, progress=None):
     """Learn byte-level BPE merges. texts: iterable of str. Returns ranks {token bytes: id},
     ids 0..255 are the single bytes, then one id per merge in the order learned; n_special
     ids are left free at the top for the special tokens. max_bytes: stop reading texts there.
+    progress: called now and then with a one-line status (prepare.py passes common.progress).
     1) split every text with pat_str and count the unique pieces (words);
     2) repeatedly merge the most frequent adjacent pair, updating pair counts only in the
        words that contain it (index pair -> words, and a lazy max-heap of counts)."""
     n_merges = vocab_size - 256 - n_special
     if n_merges < 0:
         raise ValueError(f'vocab_size {vocab_size} is smaller than 256 bytes + {n_special} special tokens')
-    t0 = time.time()
-    split = re.compile(pat_str).findall
-    counts = Counter()
-    nbytes = 0
-    for text in texts:
-        counts.update(split(text))
-        nbytes += len(text)  # characters, a cheap stand-in for bytes
-        if max_bytes and nbytes >= max_bytes:
-            break
-    # words: list of lists of token ids; freq: how often each word occurs in the corpus
-    words, freq = [], []
-    for w, n in counts.items():
-        b = w.encode('utf-8', 'replace')
-        if len(b) > 1:  # a single byte has no pair to merge
-            words.append(list(b))
-            freq.append(n)
-    del counts
-    t1 = time.time()
+    words, freq = _count_words(texts, pat_str, max_bytes)
     stats = defaultdict(int)  # (a, b) -> number of times the pair occurs in the corpus
     where = defaultdict(set)  # (a, b) -> indices of words that contain it (may be stale)
     for i, w in enumerate(words):
-        f = freq[i]
         for p in zip(w, w[1:]):
-            stats[p] += f
+            stats[p] += freq[i]
             where[p].add(i)
     heap = [(-c, p) for p, c in stats.items()]
     heapq.heapify(heap)
@@ -122,8 +105,7 @@ def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes
             if c > 0:
                 heapq.heappush(heap, (-c, pair))
             continue
-        a, b = pair
-        merged = tokens[a] + tokens[b]
+        merged = tokens[pair[0]] + tokens[pair[1]]
         new = ranks.get(merged)
         if new is None:  # (ab)c and a(bc) make the same bytes: keep one id for them
             new = len(tokens)
@@ -132,48 +114,67 @@ def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes
         n_done += 1
         touched = set()  # pairs with the new token, whose counts went up
         for i in where.pop(pair):
-            w, f = words[i], freq[i]
-            n, j, out = len(w), 0, []
-            # rewrite w into out, merging each a,b left to right; only the pairs at the
-            # edges of a merged occurrence change: (x,a) -> (x,new) and (b,y) -> (new,y)
-            while True:
-                try:
-                    k = w.index(a, j)  # the search runs in C
-                except ValueError:
-                    break
-                if k + 1 == n or w[k + 1] != b:
-                    out += w[j:k + 1]
-                    j = k + 1
-                    continue
-                out += w[j:k]
-                if out:  # left edge; out[-1] is new itself when the last merge was just before
-                    stats[w[k - 1], a] -= f
-                    p = (out[-1], new)
-                    stats[p] += f
-                    where[p].add(i)
-                    touched.add(p)
-                out.append(new)
-                j = k + 2
-                # right edge, unless another a,b starts there (its left edge covers it)
-                if j < n and not (j + 1 < n and w[j] == a and w[j + 1] == b):
-                    stats[b, w[j]] -= f
-                    p = (new, w[j])
-                    stats[p] += f
-                    where[p].add(i)
-                    touched.add(p)
-            if j == 0:
-                continue  # stale: this word no longer contains the pair
-            out += w[j:]
-            words[i] = out
+            _merge_in_word(words, i, freq[i], pair, new, stats, where, touched)
         del stats[pair]
         for p in touched:
             heapq.heappush(heap, (-stats[p], p))
-        if verbose and n_done % 1000 == 0:
-            print(f'\rmerges {n_done}/{n_merges}', end='', file=sys.stderr, flush=True)
-    if verbose:
-        print(f'\rcounted {len(words):,} unique words in {t1 - t0:.1f}s, '
-              f'{n_done} merges in {time.time() - t1:.1f}s', file=sys.stderr)
+        if progress and n_done % 100 == 0:
+            progress(f'bpe: {n_done:,}/{n_merges:,} merges')
     return ranks
+
+
+def _count_words(texts, pat_str, max_bytes):
+    """-> (words as lists of byte ids, how often each occurs) over the pieces pat_str cuts texts into."""
+    split = re.compile(pat_str).findall
+    counts = Counter()
+    nbytes = 0
+    for text in texts:
+        counts.update(split(text))
+        nbytes += len(text)  # characters, a cheap stand-in for bytes
+        if max_bytes and nbytes >= max_bytes:
+            break
+    words, freq = [], []
+    for w, n in counts.items():
+        b = w.encode('utf-8', 'replace')
+        if len(b) > 1:  # a single byte has no pair to merge
+            words.append(list(b))
+            freq.append(n)
+    return words, freq
+
+
+def _merge_in_word(words, i, f, pair, new, stats, where, touched):
+    """Rewrite words[i] (occurring f times) with each a,b of pair merged into new, left to right.
+    Only the pairs at the edges of a merged occurrence change: (x,a) -> (x,new), (b,y) -> (new,y)."""
+    a, b = pair
+    w = words[i]
+    n, j, out = len(w), 0, []
+    while True:
+        try:
+            k = w.index(a, j)  # the search runs in C
+        except ValueError:
+            break
+        if k + 1 == n or w[k + 1] != b:
+            out += w[j:k + 1]
+            j = k + 1
+            continue
+        out += w[j:k]
+        if out:  # left edge; out[-1] is new itself when the last merge was just before
+            stats[w[k - 1], a] -= f
+            p = (out[-1], new)
+            stats[p] += f
+            where[p].add(i)
+            touched.add(p)
+        out.append(new)
+        j = k + 2
+        # right edge, unless another a,b starts there (its left edge covers it)
+        if j < n and not (j + 1 < n and w[j] == a and w[j + 1] == b):
+            stats[b, w[j]] -= f
+            p = (new, w[j])
+            stats[p] += f
+            where[p].add(i)
+            touched.add(p)
+    if j:  # (j == 0: stale, this word no longer contains the pair)
+        words[i] = out + w[j:]
 
 
 def ranks_to_text(ranks):
@@ -191,7 +192,7 @@ def ranks_from_text(text, where='the ranks'):
                 ranks[base64.b64decode(tok, validate=True)] = int(rank)
             except ValueError:  # also binascii.Error
                 raise ValueError(f"{where}: line {i} is not 'base64-token rank' "
-                                 f"(a .tiktoken file made by tokenizer.py?): {line[:40]!r}") from None
+                                 f"(a .tiktoken file made by prepare.py?): {line[:40]!r}") from None
     if not all(bytes([b]) in ranks for b in range(256)) or len(set(ranks.values())) != len(ranks):
         raise ValueError(f'{where}: not a byte-level BPE (it needs all 256 single bytes and distinct ranks)')
     return ranks
@@ -204,22 +205,16 @@ def bpe_spec(ranks, pat_str=PAT, name='nanolm-bpe'):
             'special': {s: n + i for i, s in enumerate(SPECIALS)}, 'ranks': ranks_to_text(ranks)}
 
 
-def save_bpe(spec, out_dir):
-    """Write a spec with inlined ranks as tokenizer.tiktoken (the ranks) and tokenizer.json
-    (the rest) into out_dir, each atomically. Returns the spec as stored (with ranks_file)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+RANKS_FILE = 'tokenizer.tiktoken'
+
+
+def bpe_files(spec):
+    """A bpe spec with its ranks inlined -> (the spec as stored, naming its ranks file, and
+    {file name: text} of the two files that hold it: the ranks and tokenizer.json, the rest).
+    read_spec() reads such a folder back; prepare.py writes it."""
     stored = {k: v for k, v in spec.items() if k != 'ranks'}
-    stored['ranks_file'] = 'tokenizer.tiktoken'
-    write_atomic(out_dir / 'tokenizer.tiktoken', spec['ranks'])
-    write_atomic(out_dir / 'tokenizer.json', json.dumps(stored, indent=1))
-    return stored
-
-
-def write_atomic(path, text):
-    tmp = Path(str(path) + '.tmp')
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
+    stored['ranks_file'] = RANKS_FILE
+    return stored, {RANKS_FILE: spec['ranks'], 'tokenizer.json': json.dumps(stored, indent=1)}
 
 
 # -----------------------------------------------------------------------------
@@ -235,7 +230,14 @@ def load(spec, base_dir=None):
     if missing:
         raise ValueError(f'{kind} tokenizer spec without {", ".join(missing)}')
     if kind == 'tiktoken':
-        return _wrap_tiktoken(_get_encoding(spec['name']))
+        enc = _get_encoding(spec['name'])
+        if spec.get('extra_special'):  # e.g. chat tokens that finetune_sft.py added after gpt2's 50,257
+            extra = spec['extra_special']
+            if not isinstance(extra, dict) or any(not isinstance(i, int) or i < enc.n_vocab for i in extra.values()):
+                raise ValueError(f"tokenizer spec: extra_special must map names to new ids from {enc.n_vocab} up: {str(extra)[:80]}")
+            enc = tiktoken.Encoding(f"{spec['name']}+{len(extra)}", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                                    special_tokens={**enc._special_tokens, **extra})
+        return _wrap_tiktoken(enc)
     if kind == 'bpe':
         if 'ranks' in spec:
             ranks = ranks_from_text(spec['ranks'])
@@ -247,7 +249,9 @@ def load(spec, base_dir=None):
                                     mergeable_ranks=ranks, special_tokens=spec['special'])
         except Exception as e:  # e.g. a pat_str the regex engine rejects
             raise ValueError(f'bad bpe tokenizer spec: {e}') from None
-        return _wrap_tiktoken(enc)
+        # Imported Hugging Face tokenizers may name another end-of-text token (Llama 3's
+        # <|end_of_text|>) and NFC-normalize text first (Qwen2): 'eot' and 'normalize' in the spec.
+        return _wrap_tiktoken(enc, spec.get('eot', EOT), spec.get('normalize'))
     return _char_tok(spec['chars'])
 
 
@@ -266,12 +270,15 @@ def _get_encoding(name):
                          f"({where})") from e
 
 
-def _wrap_tiktoken(enc):
+def _wrap_tiktoken(enc, eot=EOT, normalize=None):
     special = {s: enc.encode_single_token(s) for s in enc.special_tokens_set}
+    if eot not in special:
+        raise ValueError(f'tokenizer spec: its end-of-text token {eot!r} is not one of its special tokens')
+    norm = (lambda text: unicodedata.normalize(normalize, text)) if normalize else (lambda text: text)
     return SimpleNamespace(
-        kind='tiktoken', enc=enc, n_vocab=enc.n_vocab, eot=enc.eot_token, special=special,
-        encode=enc.encode_ordinary,  # special-token strings stay plain text
-        encode_special=lambda text: enc.encode(text, allowed_special='all'),
+        kind='tiktoken', enc=enc, n_vocab=enc.n_vocab, eot=special[eot], special=special,
+        encode=lambda text: enc.encode_ordinary(norm(text)),  # special-token strings stay plain text
+        encode_special=lambda text: enc.encode(norm(text), allowed_special='all'),
         decode=enc.decode)
 
 
@@ -310,60 +317,24 @@ def _char_tok(chars):
                            encode=encode, encode_special=encode_special, decode=decode)
 
 
-META_KEYS = ('tokenizer', 'vocab_size', 'dtype', 'train_tokens', 'val_tokens')  # what train.py needs
-
-
-def from_meta(data_dir):
-    """-> (tok, meta) for a prepared dataset directory such as data/shakespeare_char. A missing or
-    damaged meta.json (or tokenizer file) raises one ValueError line saying to rerun prepare.py."""
-    path = Path(data_dir) / 'meta.json'
-    rerun = f'rerun: python prepare.py {Path(data_dir).resolve().name}'
-    try:
-        meta = json.loads(path.read_text(encoding='utf-8'))
-        if not isinstance(meta, dict):
-            raise ValueError(f'a JSON {type(meta).__name__}, not an object')
-        missing = [k for k in META_KEYS if k not in meta]
-        if missing:
-            raise ValueError(f'no {", ".join(missing)}')
-    except FileNotFoundError:
-        raise ValueError(f'{path} not found (not a prepared dataset); {rerun}') from None
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f'{path} is damaged ({e}); {rerun}') from None
-    if isinstance(meta['tokenizer'], dict) and meta['tokenizer'].get('kind') == 'tiktoken':
-        return load(meta['tokenizer']), meta  # its own message when offline: rerunning won't help
-    try:
-        return load(meta['tokenizer'], base_dir=data_dir), meta
-    except (OSError, ValueError) as e:
-        raise ValueError(f'cannot load the tokenizer of {data_dir}: {e}; {rerun}') from None
-
-
 def portable_spec(src, base_dir=None):
-    """A spec that needs no files: for a checkpoint. src: a dataset dir, a meta dict or a spec."""
-    if isinstance(src, (str, Path)):
-        base_dir = src
-        src = json.loads((Path(src) / 'meta.json').read_text(encoding='utf-8'))
+    """A spec that needs no files, for a checkpoint. src: a spec, or a meta dict holding one; a bpe's
+    ranks file is read from base_dir (the dataset folder)."""
     spec = dict(src.get('tokenizer', src))
     if spec['kind'] == 'bpe' and 'ranks' not in spec:
-        spec['ranks'] = (Path(base_dir or '.') / spec.pop('ranks_file')).read_text()
+        spec['ranks'] = (Path(base_dir or '.') / spec.pop('ranks_file')).read_text(encoding='utf-8')
     return spec
 
 
 def read_spec(path):
-    """Spec of a saved bpe tokenizer: a dir with tokenizer.json, or that file itself, or a
-    dataset made with a bpe. Returned with its ranks inlined."""
+    """Spec of a saved bpe: a folder with tokenizer.json (and the ranks file it names), or that
+    file itself. Returned with its ranks inlined."""
     p = Path(path)
-    if (p / 'meta.json').is_file():  # a dataset: the tokenizer its meta.json names, not a
-        spec = from_meta(p)[1]['tokenizer']  # tokenizer.json that an older dataset there left behind
-        if spec['kind'] != 'bpe':
-            name = spec.get('name', spec['kind'])
-            raise ValueError(f'{path} holds a dataset made with --tokenizer={name}, not a trained bpe; '
-                             f'pass --tokenizer={name} itself, or the folder of a bpe')
-        return portable_spec(spec, base_dir=p)
     if p.is_dir():
         p = p / 'tokenizer.json'
     if not p.exists():
         raise ValueError(f'no tokenizer at {path} (expected a folder with tokenizer.json and '
-                         f'tokenizer.tiktoken, made by tokenizer.py or prepare.py --tokenizer=bpe)')
+                         f'tokenizer.tiktoken, made by prepare.py --tokenizer=bpe)')
     try:
         spec = json.loads(p.read_text(encoding='utf-8'))
         if not (isinstance(spec, dict) and spec.get('kind') == 'bpe' and ('ranks' in spec or 'ranks_file' in spec)):
@@ -375,40 +346,3 @@ def read_spec(path):
     ranks_from_text(spec['ranks'], where=str(ranks_path))  # check now, with a message naming the file
     load(spec)
     return spec
-
-
-# -----------------------------------------------------------------------------
-
-def main():
-    import argparse
-    import prepare  # the input readers live there (txt, jsonl, gz, globs)
-    ap = argparse.ArgumentParser(description='Train a byte-level BPE tokenizer.')
-    ap.add_argument('--input', nargs='+', required=True, help='files or globs')
-    ap.add_argument('--vocab_size', type=int, default=8192)
-    ap.add_argument('--out', required=True, help='output directory')
-    ap.add_argument('--text_field', default='text')
-    ap.add_argument('--split_blocks', action='store_true')
-    ap.add_argument('--skip_bad_lines', action='store_true')
-    ap.add_argument('--max_mb', type=float, default=prepare.BPE_TRAIN_MB, help='train on at most this much text')
-    ap.add_argument('--debug', action='store_true')
-    ap.error = lambda msg: prepare.die(f'{msg}; see python tokenizer.py --help', 2)  # one line, as prepare.py
-    args = ap.parse_args()
-    with prepare.friendly_errors(args.debug):
-        if args.vocab_size < 256 + len(SPECIALS):
-            prepare.die(f'--vocab_size={args.vocab_size} is too small: a byte-level BPE needs at '
-                        f'least 256 + {len(SPECIALS)} (bytes + special tokens)')
-        if not args.max_mb > 0:
-            prepare.die(f'--max_mb={args.max_mb:g} must be more than 0 (the MB of text to train on)')
-        paths = prepare.expand_inputs(args.input)
-        stats = Counter()
-        texts = prepare.doc_texts(paths, args.text_field, args.split_blocks, args.skip_bad_lines, stats)
-        t0 = time.time()
-        ranks = train_bpe(texts, args.vocab_size, max_bytes=int(args.max_mb * 2**20), verbose=True)
-        stored = save_bpe(bpe_spec(ranks), args.out)
-        prepare.report_bad(stats)
-        print(f'trained a {len(ranks) + len(SPECIALS)}-token BPE in {time.time() - t0:.1f}s -> '
-              f'{args.out}/tokenizer.tiktoken, tokenizer.json (specials {stored["special"]})')
-
-
-if __name__ == '__main__':
-    main()

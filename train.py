@@ -30,6 +30,7 @@ from configurator import configure
 import numpy as np
 import torch
 
+import prepare
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from model import GPT, ModelConfig, make_config
@@ -125,7 +126,6 @@ tokens_per_iter = accum * env.world * batch_size * block_size
 # ----------------------------------------------------------------------------- data
 ds_dir = os.path.join(data_dir, dataset)
 if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
-    import prepare
     if dataset not in prepare.KNOWN:
         die(f"dataset '{dataset}' not found in {ds_dir}/ (no meta.json); make it with: python prepare.py {dataset} --input=YOUR_TEXT_FILE")
     if env.master:
@@ -133,8 +133,8 @@ if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
         prepare.prepare_known(dataset, out_dir=data_dir)
     if env.ddp:
         torch.distributed.barrier()
-tok, meta = tokenizer.from_meta(ds_dir)
-tok_spec = tokenizer.portable_spec(ds_dir)
+tok, meta = prepare.load_meta(ds_dir)
+tok_spec = tokenizer.portable_spec(meta, ds_dir)  # the tokenizer, whole: it goes into every checkpoint
 data = {}
 for split in ('train', 'val'):
     path = os.path.join(ds_dir, f'{split}.bin')

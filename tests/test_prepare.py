@@ -1,4 +1,5 @@
-"""Tests for prepare.py: each input kind, the validation split, outputs, bad input, downloads.
+"""Tests for prepare.py: each input kind, the validation split, outputs, a bpe on its own
+(--tokenizer_only), meta.json, bad input, a full disk, signals, downloads.
 
     python -m pytest tests/test_prepare.py -q
 """
@@ -36,7 +37,7 @@ def run(tmp_path, name='ds', **kw):
 
 def docs_of(tmp_path, name, train, val):
     """Decode both splits back into their documents (split at end-of-text)."""
-    tok, meta = tokenizer.from_meta(tmp_path / 'data' / name)
+    tok, meta = prepare.load_meta(tmp_path / 'data' / name)
     out = []
     for ids in (train, val):
         text = tok.decode(ids.tolist())
@@ -51,10 +52,10 @@ def write_jsonl(path, docs, field='text'):
             f.write(json.dumps({field: d, 'id': 1}, ensure_ascii=False) + '\n')
 
 
-def cli(*args, cwd=None):
+def cli(*args, cwd=None, env=None, **kw):
     """prepare.py as a user runs it -> (returncode, stdout, stderr)."""
-    r = subprocess.run([sys.executable, str(ROOT / 'prepare.py'), *args], capture_output=True, text=True,
-                       cwd=cwd or ROOT, env={**os.environ, 'NANOLM_DEBUG': ''})
+    r = subprocess.run([sys.executable, str(ROOT / 'prepare.py'), *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd or ROOT, env={**os.environ, 'NANOLM_DEBUG': '', **(env or {})}, **kw)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -76,7 +77,7 @@ def test_one_txt_file_is_one_document_split_by_tokens(tmp_path):
     assert meta['documents'] == 1 and 'last 0.1' in meta['split']
     total = len(''.join(DOCS))
     assert len(val) == int(total * 0.1) and len(train) + len(val) == total  # char: 1 token a char
-    tok, _ = tokenizer.from_meta(tmp_path / 'data' / 'ds')
+    tok, _ = prepare.load_meta(tmp_path / 'data' / 'ds')
     assert tok.decode(train.tolist() + val.tolist()) == ''.join(DOCS)  # no separator in one document
     assert meta['vocab_size'] == len(set(''.join(DOCS))) + 1 and meta['dtype'] == 'uint16'
 
@@ -94,6 +95,17 @@ def test_several_files_glob_and_folder(tmp_path):
     assert (train == eot).sum() == 36 and (val == eot).sum() == 4  # one separator per document
     meta2, train2, _ = run(tmp_path, name='ds2', input=[str(tmp_path / 'corpus')], val_docs=4)
     assert meta2['documents'] == 40 and np.array_equal(train, train2)  # a folder = all files inside
+
+
+def test_input_given_twice_uses_both(tmp_path):
+    """argparse kept only the last --input: a.txt was silently left out."""
+    for name in ('a', 'b', 'c'):
+        (tmp_path / f'{name}.txt').write_text(DOCS[0] * 3 if name == 'a' else DOCS[1] * 3, encoding='utf-8')
+    for n, args in ((2, ['--input', 'a.txt', '--input', 'b.txt']), (3, ['--input', 'a.txt', 'b.txt', '--input', 'c.txt'])):
+        code, _, err = cli(f'x{n}', *args, '--tokenizer=char', '--val_docs=1', '--out_dir=data', cwd=tmp_path)
+        assert code == 0, err
+        meta = json.loads((tmp_path / 'data' / f'x{n}' / 'meta.json').read_text())
+        assert meta['documents'] == n and meta['sources'] == ['a.txt', 'b.txt', 'c.txt'][:n]
 
 
 def test_split_blocks(tmp_path):
@@ -116,7 +128,7 @@ def test_jsonl_field_and_gz_read_directly(tmp_path):
     tr, va = docs_of(tmp_path, 'plain', t1, v1)
     assert sorted(tr + va) == sorted(DOCS)
     m3, t3, v3 = run(tmp_path, name='txtgz', input=[str(tmp_path / 'b.txt.gz')])
-    tok, _ = tokenizer.from_meta(tmp_path / 'data' / 'txtgz')
+    tok, _ = prepare.load_meta(tmp_path / 'data' / 'txtgz')
     assert tok.decode(t3.tolist() + v3.tolist()) == DOCS[0] * 10
 
 
@@ -128,7 +140,7 @@ def test_a_bom_at_the_start_of_a_file_is_dropped(tmp_path):
     (tmp_path / 'c.txt').write_bytes(bom + ''.join(DOCS).encode())
     for name, src in (('a', 'a.jsonl'), ('b', 'b.jsonl.gz'), ('c', 'c.txt')):
         meta, train, val = run(tmp_path, name=name, input=[str(tmp_path / src)])
-        tok, _ = tokenizer.from_meta(tmp_path / 'data' / name)
+        tok, _ = prepare.load_meta(tmp_path / 'data' / name)
         text = tok.decode(train.tolist() + val.tolist())  # (a .txt is one document: no separator)
         assert sorted(d for d in text.split('<|endoftext|>') if d) == sorted(DOCS if name != 'c' else [''.join(DOCS)])
         assert '\ufeff' not in meta['tokenizer']['chars'] and meta['bad_bytes'] == 0
@@ -179,7 +191,7 @@ def test_bpe_dataset_and_reuse(tmp_path):
     m2, t2, _ = run(tmp_path, name='b', input=[str(tmp_path / 'a.jsonl')], tokenizer_name=str(d))
     assert np.array_equal(t1, t2) and (tmp_path / 'data' / 'b' / 'tokenizer.tiktoken').exists()
     # what train.py stores in a checkpoint loads without the dataset
-    spec = json.loads(json.dumps(tokenizer.portable_spec(d)))
+    spec = json.loads(json.dumps(tokenizer.portable_spec(m1, d)))
     tok = tokenizer.load(spec)
     assert tok.decode(t1.tolist()).split('<|endoftext|>')[0] in DOCS
 
@@ -206,6 +218,109 @@ def test_tiktoken_gpt2_and_uint32(tmp_path):
     assert m['dtype'] == 'uint16' and m['vocab_size'] == 50257 and m['eot'] == 50256
     m, t, _ = run(tmp_path, name='c', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='cl100k_base')
     assert m['dtype'] == 'uint32' and m['vocab_size'] == 100277 and t.max() == 100257  # its eot
+
+
+# ----------------------------------------------------------------------------- a bpe on its own, meta.json
+
+def test_tokenizer_only_trains_a_reusable_bpe(tmp_path):
+    src = tmp_path / 'a.txt'
+    src.write_text(''.join(DOCS), encoding='utf-8')
+    code, out, err = cli('tok', '--input', src, '--tokenizer_only', '--vocab_size=300', f'--out_dir={tmp_path / "data"}')
+    assert code == 0, err
+    d = tmp_path / 'data' / 'tok'
+    assert sorted(p.name for p in d.iterdir()) == ['tokenizer.json', 'tokenizer.tiktoken']
+    assert 'trained a 300-token bpe' in out and f'--tokenizer={d}' in out
+    tok = tokenizer.load(tokenizer.read_spec(d))
+    assert tok.n_vocab == 300 and tok.decode(tok.encode(DOCS[3])) == DOCS[3]
+    meta, train, _ = run(tmp_path, name='ds', input=[str(src)], tokenizer_name=str(d))  # reused for a dataset
+    assert meta['vocab_size'] == 300 and tok.decode(train.tolist()).startswith(DOCS[0][:20])
+
+
+@pytest.mark.parametrize('args', [['--tokenizer_only'], ['--tokenizer=bpe']])
+def test_a_vocab_the_corpus_cannot_reach_is_noted_in_both_paths(tmp_path, args):
+    """The dataset path said so; --tokenizer_only (python tokenizer.py before) was silent."""
+    src = tmp_path / 'a.txt'
+    src.write_text(''.join(DOCS), encoding='utf-8')
+    code, out, err = cli('x', '--input', src, *args, '--vocab_size=5000', f'--out_dir={tmp_path}')
+    assert code == 0, err
+    assert re.search(r'trained a \d+-token bpe in [\d.]+s \(not 5,000: the text ran out of pairs to merge\)', out), out
+
+
+@pytest.mark.parametrize('args', [['--tokenizer_only'], ['--tokenizer=bpe']])
+@pytest.mark.parametrize('content,words', [('', 'no text in the input'),
+                                           ('{"text": ""}\n{"text": ""}\n', 'no text to train the bpe on')])
+def test_a_bpe_on_no_text_is_one_line(tmp_path, args, content, words):
+    """python tokenizer.py on an empty file exited 0 with a 259-token bpe."""
+    src = tmp_path / ('e.txt' if not content else 'e.jsonl')
+    src.write_text(content)
+    code, out, err = cli('x', '--input', src, *args, '--vocab_size=300', f'--out_dir={tmp_path / "data"}')
+    assert_one_line_error(code, err, words)
+    assert code == 1 and 'trained' not in out and not (tmp_path / 'data').exists()
+
+
+GOOD_META = {'tokenizer': {'kind': 'char', 'chars': 'ab'}, 'vocab_size': 3, 'dtype': 'uint16',
+             'train_tokens': 10, 'val_tokens': 2}
+
+
+@pytest.mark.parametrize('content,words', [
+    (None, ['meta.json not found']),
+    ('{"vocab_size": 3,', ['meta.json is damaged']),
+    ('[1, 2]', ['meta.json is damaged', 'list']),
+    (json.dumps({k: v for k, v in GOOD_META.items() if k not in ('tokenizer', 'dtype')}),
+     ['meta.json is damaged', 'tokenizer, dtype']),
+    (json.dumps({**GOOD_META, 'tokenizer': {'kind': 'bpe', 'pat_str': 'x', 'special': {}, 'ranks_file': 'gone'}}),
+     ['cannot load the tokenizer', 'gone']),
+    (json.dumps({**GOOD_META, 'tokenizer': 'char'}), ['cannot load the tokenizer', 'not a tokenizer spec']),
+])
+def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
+    d = tmp_path / 'mydata'
+    d.mkdir()
+    if content is not None:
+        (d / 'meta.json').write_text(content)
+    with pytest.raises(ValueError) as e:
+        prepare.load_meta(d)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.endswith('rerun: python prepare.py mydata'), msg
+    for w in words:
+        assert w in msg, (w, msg)
+    (d / 'meta.json').write_text(json.dumps(GOOD_META))
+    tok, meta = prepare.load_meta(d)  # and the good one loads
+    assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
+
+
+def test_tokenizer_folder_with_a_dataset_follows_its_meta_json(tmp_path):
+    """--tokenizer=<dataset folder> takes the tokenizer its meta.json names, not tokenizer files
+    an older bpe dataset left there (those were used as if they were the dataset's)."""
+    (tmp_path / 'a.txt').write_text(''.join(DOCS), encoding='utf-8')
+    prepare.prepare('tok', input=[str(tmp_path / 'a.txt')], vocab_size=300, tokenizer_only=True,
+                    out_dir=str(tmp_path), quiet=True)
+    d = tmp_path / 'tok'
+    (d / 'meta.json').write_text(json.dumps(GOOD_META))  # a char dataset over a stale bpe
+    with pytest.raises(ValueError, match='made with --tokenizer=char, not a trained bpe'):
+        prepare.saved_bpe(d)
+    bpe = json.loads((d / 'tokenizer.json').read_text())
+    (d / 'meta.json').write_text(json.dumps({**GOOD_META, 'tokenizer': {**bpe, 'name': 'from-meta'}}))
+    spec = prepare.saved_bpe(d)
+    assert spec['name'] == 'from-meta' and tokenizer.load(spec).n_vocab == 300
+
+
+def test_offline_message_from_prepare_cli_reads_well(tmp_path, monkeypatch, capsys):
+    """prepare.py says it once, without a "ValueError:" prefix, and writes nothing."""
+    import tiktoken.load
+    import tiktoken.registry
+
+    def offline(url, *a, **k):
+        raise ConnectionError('no network')
+    monkeypatch.setattr(tiktoken.load, 'read_file', offline)
+    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', ['prepare.py', 'x', '--input', __file__, f'--out_dir={tmp_path}'])
+    with pytest.raises(SystemExit) as ex:
+        prepare.main()
+    err = capsys.readouterr().err.strip()
+    assert ex.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: could not load tiktoken's 'gpt2' BPE") and 'ValueError' not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -242,7 +357,7 @@ def test_undecodable_bytes_are_counted_and_replaced(tmp_path):
     code, out, err = cli('x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}', '--val_fraction=0.5')
     assert code == 0, err
     assert 'replaced 4 undecodable bytes' in out and 'a.txt' in out
-    tok, meta = tokenizer.from_meta(tmp_path / 'x')
+    tok, meta = prepare.load_meta(tmp_path / 'x')
     assert meta['bad_bytes'] == 4 and '\ufffd' in meta['tokenizer']['chars']
 
 
@@ -314,7 +429,7 @@ def prepared(tmp_path_factory):
     (['--input={r}/empty_dir'], ['folder', 'empty_dir holds no files']),
     (['--input={r}/numbers.jsonl'], ['numbers.jsonl:1', "field 'text' is 5, not a string"]),
     (['--input={r}/nulls.jsonl'], ['nulls.jsonl:2', "field 'text' is null, not a string"]),
-    (['--out_dir={r}/a_file/data'], ['cannot write the dataset to', 'Not a directory']),
+    (['--out_dir={r}/a_file/data'], ['cannot make the folder', 'a_file/data/x/', 'Not a directory']),
     (['--vocab_size=abc'], ["--vocab_size: invalid int value: 'abc'", 'python prepare.py --help']),
     (['--tokeniser=char'], ['unrecognized arguments: --tokeniser=char', 'python prepare.py --help']),
     (['--workers=-2'], ['--workers=-2', '1 or more']),
@@ -324,6 +439,9 @@ def prepared(tmp_path_factory):
     (['--input={r}/random.bin'], ['random.bin does not look like text', 'NUL bytes']),
     (['--input={r}/latin1.txt'], ['latin1.txt does not look like text', 'bytes are not UTF-8', 'convert it to UTF-8']),
     (['--tokenizer={r}/data/x'], ['data/x holds a dataset made with --tokenizer=char, not a trained bpe']),
+    (['--tokenizer_only', '--tokenizer=char'], ['--tokenizer_only trains a bpe: drop --tokenizer=char']),
+    (['--tokenizer_only', '--tokenizer=bpe'], ['data/x/ holds a dataset', 'choose another name']),
+    (['--tokenizer_only', '--tokenizer=bpe', '--vocab_size=abc'], ["invalid int value: 'abc'", 'prepare.py --help']),
 ])
 def test_bad_cli_input_is_one_line_and_overwrites_nothing(prepared, args, words):
     r = prepared
@@ -391,13 +509,13 @@ def big_jsonl(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize('sig,moment', [('SIGINT', 0.5), ('SIGINT', 'encoding:'), ('SIGTERM', 'encoding:'),
-                                        ('SIGTERM', 0.7)])
+@pytest.mark.parametrize('sig,moment', [('SIGINT', 'counting:'), ('SIGINT', 'encoding:'), ('SIGTERM', 'encoding:'),
+                                        ('SIGTERM', 'counting:')])
 def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, moment):
     """Ctrl-C reaches the whole process group (main and workers), as does a scheduler's SIGTERM.
     Once, with multiprocessing.Pool, the main process then hung forever on a lock held by a dead
     worker. Now: exit 128 + the signal number (130, 143) within seconds, one line, nothing left in the output folder, no process
-    left. moment: seconds after start (counting pass / workers starting), or a progress word."""
+    left. moment: the status line of the pass to interrupt (encoding: one short of 80%)."""
     import signal
     import threading
     import time
@@ -408,14 +526,13 @@ def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, 
     p = subprocess.Popen([sys.executable, str(ROOT / 'prepare.py'), 'x', '--input', str(big_jsonl), '--workers=2',
                           '--tokenizer=char', f'--out_dir={out}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True, env={**os.environ, 'NANOLM_DEBUG': ''})
-    err = []  # stderr as it comes: progress lines end in \r, not \n
+    err = []  # stderr as it comes
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(p.stderr.fileno(), 4096), b'')))
     reader.start()
     t0 = time.time()
     while p.poll() is None and time.time() - t0 < 60:
-        # a progress line of this pass that is still short of 80%, or that many seconds
-        seen = re.findall(moment + r'[^\r\n%]*?(\d+)%', b''.join(err).decode()) if isinstance(moment, str) else []
-        if any(int(x) < 80 for x in seen) if isinstance(moment, str) else time.time() - t0 > moment:
+        text = b''.join(err).decode()
+        if moment == 'counting:' and 'counting:' in text or any(int(x) < 80 for x in re.findall(r'encoding:[^\n%]*?(\d+)%', text)):
             break
         time.sleep(0.01)
     assert p.poll() is None, 'prepare.py finished before the signal: make the corpus bigger'
@@ -430,7 +547,9 @@ def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, 
     assert code == 128 + getattr(signal, sig) and time.time() - t1 < 5
     text = b''.join(err).decode()
     lines = [l.strip() for l in text.replace('\r', '\n').splitlines() if l.strip()]
-    assert 'Traceback' not in text and lines[-1] == 'interrupted: no dataset was written', text
+    # the line says what was going on and what it means
+    stage = 'counting the input' if moment == 'counting:' else 'encoding'
+    assert 'Traceback' not in text and lines[-1] == f'interrupted ({sig}) while {stage}: no dataset was written', text
     assert sum('interrupted' in l or 'error' in l for l in lines) == 1  # the rest is progress
     assert list(out.iterdir()) == []  # no train.bin, val.bin, meta.json, temp files or folder
     for _ in range(100):  # the workers are gone too
@@ -441,6 +560,83 @@ def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, 
         time.sleep(0.05)
     else:
         raise AssertionError('worker processes outlived prepare.py')
+
+
+def test_progress_lines_do_not_run_together_in_a_log(tmp_path, big_jsonl):
+    """stderr that is not a terminal (a log file, a pipe) gets whole lines, not ones joined by \\r,
+    and not too many of them: at most one every 0.5 s."""
+    import time
+    t0 = time.time()
+    code, _, err = cli('x', '--input', big_jsonl, '--workers=2', '--tokenizer=char', f'--out_dir={tmp_path}')
+    dt = time.time() - t0
+    assert code == 0, err
+    lines = err.splitlines()
+    assert '\r' not in err and lines and all(re.match(r'(counting|encoding): ', l) for l in lines), err
+    assert any(l.startswith('encoding: ') for l in lines) and len(lines) <= dt / 0.5 + 2, (dt, err)
+
+
+def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
+    """A Ctrl-C while numpy and tiktoken load (the first second of every run) was a traceback: now
+    common is imported first. A stand-in numpy that sends the signal while it is imported."""
+    fake = tmp_path / 'fake' / 'numpy'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n')
+    code, out, err = cli('x', '--input', 'none.txt', env={'PYTHONPATH': str(tmp_path / 'fake')})
+    assert code == 130 and [l for l in err.splitlines() if l.strip()] == ['interrupted (SIGINT)'], (code, err)
+
+
+@pytest.mark.parametrize('tok,fails', [('char', 'train.bin'), ('bpe', 'train.bin'), ('char', 'meta.json')])
+def test_full_disk_is_one_line_and_keeps_the_dataset(tmp_path, tok, fails):
+    """Writes fail with EFBIG past a file size limit, as with ENOSPC on a full disk: one line,
+    no temp files left, the dataset prepared before byte for byte as it was. meta.json: only its
+    write fails (padded here), after train.bin and val.bin were written."""
+    import resource
+    import signal
+    write_jsonl(tmp_path / 'a.jsonl', DOCS * (30 if fails == 'train.bin' else 1))
+    run(tmp_path, name='x', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='bpe', vocab_size=300)
+    d = tmp_path / 'data' / 'x'
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+
+    def small_files():  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal kills it: the write should fail instead
+    args = ['x', '--input', str(tmp_path / 'a.jsonl'), f'--tokenizer={tok}', f'--out_dir={tmp_path / "data"}']
+    args += ['--vocab_size=300'] if tok == 'bpe' else []
+    code = (f'import sys, prepare; make = prepare.make_meta; sys.argv = {["prepare.py", *args]!r}\n'
+            f'prepare.make_meta = lambda *a: dict(make(*a), padding="x" * 20000) if {fails == "meta.json"} else make(*a)\n'
+            f'prepare.main()')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'NANOLM_DEBUG': ''}, preexec_fn=small_files)
+    words = ([f'cannot write the dataset to {d}/', 'the previous dataset there is intact'] if fails == 'train.bin'
+             else [f'could not write {d}/meta.json', 'the previous version, if any, is intact'])
+    assert_one_line_error(r.returncode, r.stderr, 'the write failed (File too large)', *words)
+    assert not list(tmp_path.rglob('*.tmp'))
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_debug_shows_the_traceback(prepared):
+    r = prepared
+    args = ['x', '--input', r / 'a.jsonl', f'--tokenizer={r}/garbage_tok', f'--out_dir={r}/data']
+    for extra, env in (([], {}), (['--debug'], {}), ([], {'NANOLM_DEBUG': '1'})):
+        code, _, err = cli(*args, *extra, env=env)
+        assert code == 1 and ('Traceback' in err) == bool(extra or env), err
+        assert err.strip().splitlines()[-1].startswith('error: ') and 'garbage_tok/tokenizer.tiktoken' in err
+
+
+def test_ctrl_c_while_training_a_bpe_says_no_tokenizer_was_written(tmp_path, big_jsonl):
+    """--tokenizer_only writes no dataset, so the line must not say that no dataset was written."""
+    import signal
+    p = subprocess.Popen([sys.executable, str(ROOT / 'prepare.py'), 'tok', '--input', str(big_jsonl),
+                          '--tokenizer_only', f'--out_dir={tmp_path}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, 'NANOLM_DEBUG': ''})
+    line = p.stderr.readline()  # the first status line: reading the input to train the bpe
+    assert line.startswith(b'counting: '), line
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=10)
+    lines = [l for l in err.decode().splitlines() if l.strip()]
+    assert p.returncode == 130 and 'Traceback' not in err.decode(), err
+    assert lines[-1] == 'interrupted (SIGINT) while training the bpe: no tokenizer was written', lines
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- known datasets

@@ -115,3 +115,14 @@ def test_bench_reads_the_run_it_measures(char_data, tmp_path):
     run('bench.py', 'sample', f'--out_dir={out}', '--new_tokens=20', f'--json={tmp_path / "s.json"}')
     rows = json.loads((tmp_path / 's.json').read_text())['rows']
     assert [r['kv cache'] for r in rows] == [True, False] and all(r['new tokens'] == 20 and r['tokens/s'] > 0 for r in rows)
+
+
+def test_bench_prepare_calls_the_code_on_the_files_given(tmp_path):
+    from conftest import make_text
+    src = tmp_path / 'corpus.txt'
+    src.write_text(make_text(2000))
+    run('bench.py', 'prepare', src, '--tokenizer=char', '--bpe_vocab=300', f'--json={tmp_path / "p.json"}')
+    rows = json.loads((tmp_path / 'p.json').read_text())['rows']
+    enc, bpe = [r for r in rows if r['mode'] == 'prepare'], [r for r in rows if r['mode'] == 'bpe']
+    assert [r['workers'] for r in enc] == [1, 2] and all(r['MB/s'] > 0 and r['tokens/s'] > 0 for r in enc)
+    assert bpe[0]['vocab'] == 300 and bpe[0]['bytes/token'] > 1

@@ -1,4 +1,5 @@
 """Tests for tokenizer.py: the pre-split pattern, the BPE trainer, save/load, char, specials.
+(Training a bpe from the command line, meta.json and --tokenizer=<folder>: tests/test_prepare.py.)
 
     python -m pytest tests/test_tokenizer.py -q
 """
@@ -147,8 +148,17 @@ def test_round_trip_and_specials(small_bpe, tmp_path):
     assert ids[0] == 448 and ids[-2:] == [449, 447] and tok.decode(ids) == chat
 
 
+def save_bpe(spec, folder):
+    """The files of a bpe, as prepare.py writes them (atomically; here plainly)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stored, files = T.bpe_files(spec)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding='utf-8')
+    return stored
+
+
 def test_save_load_and_portable_spec(small_bpe, tmp_path):
-    stored = T.save_bpe(small_bpe, tmp_path / 'tok')
+    stored = save_bpe(small_bpe, tmp_path / 'tok')
     lines = (tmp_path / 'tok' / 'tokenizer.tiktoken').read_text().splitlines()
     assert len(lines) == 447 and lines[65] == 'QQ== 65'  # tiktoken's "base64(bytes) rank" lines
     assert stored['ranks_file'] == 'tokenizer.tiktoken' and 'ranks' not in stored
@@ -170,32 +180,6 @@ def test_char_tokenizer():
     assert tok.encode_special('a<|endoftext|>b') == [2, 6, 3]
     with pytest.raises(ValueError, match=r"^character\(s\) 'z' 'é' not in this char vocabulary"):
         tok.encode('abzéz')  # sample.py passes prompts through this: name every unseen character
-
-
-def test_cli_trains_a_reusable_tokenizer(tmp_path):
-    import subprocess
-    src = tmp_path / 'a.txt'
-    src.write_text((SAMPLES['english'] + SAMPLES['chinese']) * 5, encoding='utf-8')
-    out = tmp_path / 'tok'
-    r = subprocess.run([sys.executable, str(ROOT / 'tokenizer.py'), '--input', str(src), '--vocab_size=300',
-                        f'--out={out}'], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    tok = T.load(T.read_spec(out))
-    assert tok.n_vocab == 300 and tok.decode(tok.encode(SAMPLES['emoji'])) == SAMPLES['emoji']
-
-
-@pytest.mark.parametrize('args,words', [
-    (['--vocab_size=abc'], ["invalid int value: 'abc'", 'python tokenizer.py --help']),
-    (['--max_mb=0'], ['--max_mb=0 must be more than 0']),
-])
-def test_cli_bad_arguments_are_one_line(tmp_path, args, words):
-    import subprocess
-    r = subprocess.run([sys.executable, str(ROOT / 'tokenizer.py'), '--input', str(tmp_path), f'--out={tmp_path}/t',
-                        *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'NANOLM_DEBUG': ''})
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    assert all(w in lines[0] for w in words), lines[0]
-    assert not (tmp_path / 't').exists()
 
 
 def test_o200k_if_available():
@@ -250,30 +234,10 @@ def test_offline_without_cache_is_one_clear_error(tmp_path, monkeypatch):
         T.load({'kind': 'tiktoken', 'name': 'gpt3'})
 
 
-def test_offline_message_from_prepare_cli_reads_well(tmp_path, monkeypatch, capsys):
-    """prepare.py says it once, without a "ValueError:" prefix, and writes nothing."""
-    import tiktoken.load
-    import tiktoken.registry
-    import prepare
-
-    def offline(url, *a, **k):
-        raise ConnectionError('no network')
-    monkeypatch.setattr(tiktoken.load, 'read_file', offline)
-    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})
-    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path))
-    monkeypatch.setattr(sys, 'argv', ['prepare.py', 'x', '--input', __file__, f'--out_dir={tmp_path}'])
-    with pytest.raises(SystemExit) as ex:
-        prepare.main()
-    err = capsys.readouterr().err.strip()
-    assert ex.value.code == 1 and len(err.splitlines()) == 1
-    assert err.startswith("error: could not load tiktoken's 'gpt2' BPE") and 'ValueError' not in err
-    assert list(tmp_path.iterdir()) == []  # nothing written
-
-
 @pytest.fixture
 def saved_bpe(tmp_path):
     ranks = T.train_bpe([SAMPLES['english'] * 3], 300)
-    T.save_bpe(T.bpe_spec(ranks), tmp_path / 'tok')
+    save_bpe(T.bpe_spec(ranks), tmp_path / 'tok')
     return tmp_path / 'tok'
 
 
@@ -309,47 +273,3 @@ def test_damaged_saved_tokenizer_is_one_value_error(saved_bpe, damage, words):
     assert '\n' not in msg
     for w in words:
         assert w in msg, (w, msg)
-
-
-GOOD_META = {'tokenizer': {'kind': 'char', 'chars': 'ab'}, 'vocab_size': 3, 'dtype': 'uint16',
-             'train_tokens': 10, 'val_tokens': 2}
-
-
-@pytest.mark.parametrize('content,words', [
-    (None, ['meta.json not found']),
-    ('{"vocab_size": 3,', ['meta.json is damaged']),
-    ('[1, 2]', ['meta.json is damaged', 'list']),
-    (json.dumps({k: v for k, v in GOOD_META.items() if k not in ('tokenizer', 'dtype')}),
-     ['meta.json is damaged', 'tokenizer, dtype']),
-    (json.dumps({**GOOD_META, 'tokenizer': {'kind': 'bpe', 'pat_str': 'x', 'special': {}, 'ranks_file': 'gone'}}),
-     ['cannot load the tokenizer', 'gone']),
-    (json.dumps({**GOOD_META, 'tokenizer': 'char'}), ['cannot load the tokenizer', 'not a tokenizer spec']),
-])
-def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
-    d = tmp_path / 'mydata'
-    d.mkdir()
-    if content is not None:
-        (d / 'meta.json').write_text(content)
-    with pytest.raises(ValueError) as e:
-        T.from_meta(d)
-    msg = str(e.value)
-    assert '\n' not in msg and msg.endswith('rerun: python prepare.py mydata'), msg
-    for w in words:
-        assert w in msg, (w, msg)
-    (d / 'meta.json').write_text(json.dumps(GOOD_META))
-    tok, meta = T.from_meta(d)  # and the good one loads
-    assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
-
-
-def test_read_spec_follows_a_datasets_meta_json(saved_bpe):
-    """--tokenizer=<dataset folder> takes the tokenizer its meta.json names, not tokenizer files
-    an older bpe dataset left there (those were used as if they were the dataset's)."""
-    d = saved_bpe
-    (d / 'meta.json').write_text(json.dumps(GOOD_META))  # a char dataset over a stale bpe
-    with pytest.raises(ValueError) as e:
-        T.read_spec(d)
-    assert 'made with --tokenizer=char, not a trained bpe' in str(e.value)
-    bpe = json.loads((d / 'tokenizer.json').read_text())
-    (d / 'meta.json').write_text(json.dumps({**GOOD_META, 'tokenizer': {**bpe, 'name': 'from-meta'}}))
-    spec = T.read_spec(d)
-    assert spec['name'] == 'from-meta' and T.load(spec).n_vocab == 300
