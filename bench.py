@@ -2,23 +2,40 @@
 Measure nanolm the way a user runs it, and print numbers (a table, and JSON to compare commits).
 No assertions: benchmarks report, tests check.
 
-    python bench.py train config/train_verdict.py --max_iters=300 --target_loss=3.0
+    python bench.py train config/train_shakespeare_char.py --target_loss=1.886,1.6
+    python bench.py train config/train_verdict.py --max_iters=50 --dtype=float32,bfloat16 --compile=False,True
+    python bench.py step --dtype=float32,bfloat16 --gradient_checkpointing=False,True   # GPT-2 small shape
     python bench.py sample --out_dir=out-verdict --new_tokens=200
+    python bench.py sample --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --prompt_tokens=200 --new_tokens=500
+    python bench.py log out-shakespeare-char --target_loss=1.886,1.6
     python bench.py prepare ../shared/data/tinyshakespeare.txt --tokenizer=gpt2
 
 train    runs train.py itself in a temporary out_dir (arguments after `train` go to it unchanged,
-         except --target_loss) and reads log.jsonl: median ms/iter and tokens/s over the steps
-         after warm-up, MFU against a matmul timed in this process, peak RSS of the run, time
-         to the first eval with val loss <= --target_loss (or train loss, if no eval got there).
-sample   generation tokens/s from a checkpoint, with and without the KV cache.
+         with --eval_full_val=True unless given) and reads its log.jsonl: median ms/iter and
+         tokens/s after warm-up, MFU against a matmul of the run's dtype timed in this process
+         (float32 and bfloat16 both measured), the run's peak RSS, training time (the sum of step
+         times, evals left out) to the first eval with val loss <= each --target_loss. --dtype,
+         --compile and --gradient_checkpointing take comma lists: one run per combination;
+         --repeat=N runs the whole list N times in turn (A B A B), so machine load hits all alike.
+step     one training step in-process at a model shape, no data or checkpoints (default: GPT-2
+         small, 12 layers, 768 wide, block 1024, batch 1): ms/iter, tokens/s, MFU, and memory:
+         peak RSS on a CPU (CUDA max allocated on a GPU) and the step's own memory above the
+         weights and optimizer state. Each combination runs in a fresh process.
+sample   generation tokens/s with and without the KV cache for each --prompt_tokens (comma list),
+         from a checkpoint (--out_dir) or from random weights of a shape (--n_layer=... etc.).
+log      time to each --target_loss, final val loss and ms/iter, read from a finished run's
+         log.jsonl (a folder or the file itself).
 prepare  prepare.py's encode rate (MB/s, tokens/s, peak RSS) on the files given, with 1 and 2
          workers, and BPE training time (--bpe_vocab=4096,16384) beside Hugging Face
          `tokenizers` when that is installed.
 
---json=FILE (any mode) also writes the rows as JSON.
+--json=FILE (any mode) also writes the rows as JSON, with the machine they were measured on.
+Under a machine's load compare numbers only within one bench.py call.
 """
+import itertools
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -41,54 +58,254 @@ def take(args, key, default, kind=str):
     return default
 
 
-def bench_train(args):
+def take_list(args, key, default, kind=str):
+    """Remove --key=a,b,c from args; -> [a, b, c] (or default)."""
+    return [kind(v) for v in take(args, key, default).split(',')]
+
+
+def machine():
+    """What the numbers were measured on: CPU model, cores, torch, the bf16 instructions, the load."""
+    import platform
     import torch
+    cpu = platform.processor()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    info = {'cpu': cpu, 'cores': os.cpu_count(), 'torch threads': torch.get_num_threads(), 'torch': torch.__version__,
+            'bf16 instructions': common.cpu_bf16_flags() or 'none', 'load (1 min)': round(os.getloadavg()[0], 2)}
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+def peak_flops(device='cpu'):
+    """Matmul FLOP/s measured now, per dtype: the MFU denominators. Where bf16 is emulated (a CPU without
+    AVX512-BF16/AMX) it is ~50x slower, so a smaller matmul measures it in reasonable time."""
+    import torch
+    kind = device.split(':')[0]
+    n = 4096 if kind == 'cuda' else 1024
+    out = {'float32': common.measure_flops(device, torch.float32, n=n)}
+    emulated = kind == 'cpu' and not common.cpu_bf16_flags()
+    out['bfloat16'] = common.measure_flops(device, torch.bfloat16, **(dict(n=256, rounds=2) if emulated else dict(n=n)))
+    if kind == 'cuda':
+        out['float16'] = common.measure_flops(device, torch.float16, n=n)
+    return out
+
+
+def run_child(cmd, env=None):
+    """Run a command to its end; -> (exit code, stdout, stderr, its own peak RSS in MB)."""
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN would be the max of all so far)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return p.returncode, out.read(), err.read(), usage.ru_maxrss / (2**20 if sys.platform == 'darwin' else 2**10)
+
+
+def grid(args, keys):
+    """Take the comma lists of `keys` out of args; -> the combinations, each a dict (one: {})."""
+    lists = {k: take(args, k, '').split(',') for k in keys if any(a.startswith(f'--{k}=') for a in args)}
+    return [dict(zip(lists, combo)) for combo in itertools.product(*lists.values())]
+
+
+def log_summary(rows, targets):
+    """From log.jsonl rows: steps, median ms/iter after warm-up, training time (the sum of step times:
+    evals and checkpoints are not in it), final and best val loss, training time to the first eval
+    at or below each target."""
+    steps = [r for r in rows if 'dt' in r]
+    if not steps:
+        die("the log has no step rows with a step time (dt); was it written by train.py?")
+    timed = [r['dt'] for r in steps[min(5, len(steps) // 10):]] or [r['dt'] for r in steps]  # skip warm-up steps
+    out = {'steps': len(steps), 'ms/iter': round(statistics.median(timed) * 1000, 2),
+           'train s': round(sum(r['dt'] for r in steps), 1)}
+    evals = [r for r in rows if 'val_loss' in r]
+    out['final val'] = round(evals[-1]['val_loss'], 4) if evals else None
+    out['best val'] = round(min(r['val_loss'] for r in evals), 4) if evals else None
+    for target in targets:
+        elapsed, to_target = 0.0, None
+        for r in rows:  # an eval row comes after the steps it measures
+            elapsed += r.get('dt', 0.0)
+            if r.get('val_loss', float('inf')) <= target:
+                to_target = round(elapsed, 1)
+                break
+        out[f's to val<={target}'] = to_target
+    return out
+
+
+def bench_log(args):
+    targets = take_list(args, 'target_loss', '3.0', float)
+    paths = [a for a in args if not a.startswith('--')]
+    if len(paths) != 1:
+        die("bench.py log needs one run: a folder with log.jsonl (or the file), e.g. python bench.py log out-shakespeare-char")
+    path = os.path.join(paths[0], 'log.jsonl') if os.path.isdir(paths[0]) else paths[0]
+    if not os.path.isfile(path):
+        die(f"{path} not found")
+    return [{'mode': 'log', 'run': paths[0], **log_summary(common.read_log(path), targets)}]
+
+
+def bench_train(args):
     from checkpoint import load_checkpoint
     from model import GPT, ModelConfig
-    target = take(args, 'target_loss', 3.0, float)
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.time()
-        p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args, f'--out_dir={out}', '--sample_prompt='],
-                           cwd=ROOT, capture_output=True, text=True)
-        wall = time.time() - t0
-        if p.returncode:
-            die(f"train.py failed ({p.returncode}): {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KB
-        rows = common.read_log(os.path.join(out, 'log.jsonl'))
-        ck = load_checkpoint(os.path.join(out, 'ckpt.pt'))
-    cfg = ck['config']
-    steps = [r for r in rows if 'dt' in r]
-    timed = [r['dt'] for r in steps[min(5, len(steps) // 10):]] or [r['dt'] for r in steps]  # skip warm-up steps
-    dt = statistics.median(timed)
-    tokens = cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
-    model = GPT(ModelConfig.from_dict(ck['model_config']))
-    peak = common.measure_flops('cpu', torch.float32) if ck['config'].get('device', 'auto') in ('auto', 'cpu') else 0
-    elapsed, to_target = 0.0, None
-    for r in rows:  # training time (the sum of step times) until the first eval at or below target
-        elapsed += r.get('dt', 0.0)
-        if to_target is None and r.get('val_loss', float('inf')) <= target:
-            to_target = elapsed
-    evals = [r for r in rows if 'val_loss' in r]
-    return [{'mode': 'train', 'steps': len(steps), 'ms/iter': round(dt * 1000, 2), 'tokens/s': round(tokens / dt),
-             'mfu %': round(100 * model.flops_per_token() * tokens / dt / peak, 1) if peak else None,
-             'peak RSS MB': round(peak_rss_mb), 'train s': round(sum(r['dt'] for r in steps), 1), 'wall s': round(wall, 1),
-             'final val': round(evals[-1]['val_loss'], 4) if evals else None, 'best val': round(min(r['val_loss'] for r in evals), 4) if evals else None,
-             f's to val<={target}': round(to_target, 1) if to_target is not None else None}]
+    targets = take_list(args, 'target_loss', '3.0', float)
+    repeat = take(args, 'repeat', 1, int)
+    combos = grid(args, ('dtype', 'compile', 'gradient_checkpointing'))
+    if not any(a.startswith('--eval_full_val=') for a in args):
+        args.append('--eval_full_val=True')  # time to a loss on the whole val split, not on a sample of it
+    peaks, rows = {}, []
+    for rnd, combo in itertools.product(range(repeat), combos):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.time()
+            code, stdout, stderr, rss = run_child([sys.executable, os.path.join(ROOT, 'train.py'), *args,
+                                                  *(f'--{k}={v}' for k, v in combo.items()), f'--out_dir={out}', '--sample_prompt='])
+            wall = time.time() - t0
+            if code:
+                die(f"train.py failed ({code}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
+            log_rows = common.read_log(os.path.join(out, 'log.jsonl'))
+            ck = load_checkpoint(os.path.join(out, 'ckpt.pt'))
+        cfg, summary = ck['config'], log_summary(log_rows, targets)
+        # the dtype and device the run resolved 'auto' to, from its "model: ... | cpu float32 x1" line
+        m = re.search(r'\| (\S+) (float32|bfloat16|float16) x(\d+)$', stdout, re.M)
+        device, dtype = (m.group(1), m.group(2)) if m else ('cpu', 'float32')
+        if device not in peaks:
+            peaks[device] = peak_flops(device)
+        tokens = cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
+        dt = summary['ms/iter'] / 1000
+        flops = GPT(ModelConfig.from_dict(ck['model_config'])).flops_per_token() * tokens / dt
+        rows.append({'mode': 'train', **({'round': rnd + 1} if repeat > 1 else {}), **combo, 'dtype': dtype,
+                     'steps': summary.pop('steps'), 'ms/iter': summary.pop('ms/iter'), 'tokens/s': round(tokens / dt),
+                     'mfu %': round(100 * flops / peaks[device][dtype], 1), 'peak RSS MB': round(rss), **summary,
+                     'wall s': round(wall, 1)})
+    return rows + [{'mode': 'peak', 'device': d, **{f'{k} GFLOP/s': round(v / 1e9, 1) for k, v in p.items()}} for d, p in peaks.items()]
+
+
+# GPT-2 small, the shape `bench.py step` measures unless told otherwise
+STEP_SHAPE = dict(arch='gpt2', n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=1, vocab_size=50304)
+
+
+def _memory_now():
+    """(current RSS, peak RSS) of this process in bytes, from /proc (Linux); (0, 0) elsewhere."""
+    try:
+        with open('/proc/self/status') as f:
+            kb = dict(line.split(':', 1) for line in f)
+        return int(kb['VmRSS'].split()[0]) * 1024, int(kb['VmHWM'].split()[0]) * 1024
+    except (OSError, KeyError):
+        return 0, 0
+
+
+def _step_child(spec):
+    """One training-step benchmark in this (fresh) process; prints its numbers as one JSON line."""
+    import ctypes
+    import ctypes.util
+    import torch
+    from model import GPT, make_config
+    dev, dtype = spec['device'], spec.get('dtype', 'float32')
+    kind = dev.split(':')[0]
+    torch.manual_seed(0)
+    cfg = make_config(spec['arch'], **{k: spec[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')})
+    model = GPT(cfg).to(dev)
+    model.gradient_checkpointing = spec.get('gradient_checkpointing', 'False') == 'True'
+    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95))
+    fwd = torch.compile(model) if spec.get('compile', 'False') == 'True' else model
+    scaler = torch.amp.GradScaler(kind, enabled=dtype == 'float16')
+    x, y = (torch.randint(cfg.vocab_size, (spec['batch_size'], cfg.block_size), device=dev) for _ in range(2))  # (B, T)
+    sync = torch.cuda.synchronize if kind == 'cuda' else (lambda: None)
+
+    def step():
+        with torch.autocast(kind, dtype=getattr(torch, dtype), enabled=dtype != 'float32'):
+            _, loss = fwd(x, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+    t0 = time.perf_counter()
+    step()  # warm-up: allocates the optimizer state (and compiles)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(spec['steps']):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    # The step's own memory, above the weights and optimizer state: on a GPU torch's allocator counts it;
+    # on a CPU the peak RSS of one more step, after telling glibc to hand freed memory back to the system
+    # (trim now, big blocks through mmap) so that RSS follows what is allocated.
+    if kind == 'cuda':
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        step()
+        step_bytes, peak = torch.cuda.max_memory_allocated(dev) - base, torch.cuda.max_memory_allocated(dev)
+    else:
+        libc = ctypes.CDLL(ctypes.util.find_library('c')) if sys.platform == 'linux' else None
+        if libc is not None:
+            libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KB and more are mmapped, and unmapped when freed
+            libc.malloc_trim(0)
+        base = _memory_now()[0]
+        with open('/proc/self/clear_refs', 'w') if libc is not None else open(os.devnull, 'w') as f:
+            f.write('5')  # reset the peak RSS (VmHWM) to the current RSS
+        step()
+        peak = _memory_now()[1]
+        step_bytes = peak - base if libc is not None else 0
+    grads = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(json.dumps({'ms': statistics.median(times) * 1000, 'first': first, 'step MB': step_bytes / 2**20,
+                      'grads MB': grads / 2**20, 'peak MB': peak / 2**20, 'flops': model.flops_per_token()}))
+
+
+def bench_step(args):
+    spec = {k: take(args, k, v, type(v)) for k, v in STEP_SHAPE.items()}
+    spec.update(device=take(args, 'device', 'cpu'), steps=take(args, 'steps', 3, int))
+    repeat = take(args, 'repeat', 1, int)
+    combos = grid(args, ('dtype', 'compile', 'gradient_checkpointing'))
+    if args:
+        die(f"bench.py step: unknown {' '.join(args)}; it takes --{' --'.join([*STEP_SHAPE, 'device', 'steps', 'repeat'])}, "
+            f"and comma lists for --dtype, --compile, --gradient_checkpointing")
+    peaks, rows = peak_flops(spec['device']), []
+    tokens = spec['batch_size'] * spec['block_size']
+    for rnd, combo in itertools.product(range(repeat), combos):
+        code, out, err, rss = run_child([sys.executable, os.path.abspath(__file__), '_step', json.dumps({**spec, **combo})])
+        if code:
+            die(f"bench.py step {combo} failed: {err.strip().splitlines()[-1] if err.strip() else code}")
+        r = json.loads(out.strip().splitlines()[-1])
+        dtype = combo.get('dtype', 'float32')
+        rows.append({'mode': 'step', **({'round': rnd + 1} if repeat > 1 else {}), 'dtype': dtype,
+                     'compile': combo.get('compile', 'False'), 'grad ckpt': combo.get('gradient_checkpointing', 'False'),
+                     'ms/iter': round(r['ms'], 1), 'tokens/s': round(tokens / r['ms'] * 1000),
+                     'mfu %': round(100 * r['flops'] * tokens / (r['ms'] / 1000) / peaks[dtype], 1),
+                     'first step s': round(r['first'], 1), 'peak RSS MB' if spec['device'] == 'cpu' else 'max allocated MB':
+                     round(rss if spec['device'] == 'cpu' else r['peak MB']), 'step MB': round(r['step MB']),
+                     'activations MB': round(r['step MB'] - r['grads MB'])})
+    shape = ' '.join(f'{k}={v}' for k, v in spec.items() if k in STEP_SHAPE)
+    return rows + [{'mode': 'peak', 'device': spec['device'], 'shape': shape,
+                    **{f'{k} GFLOP/s': round(v / 1e9, 1) for k, v in peaks.items()}}]
 
 
 def bench_sample(args):
     import torch
     from checkpoint import load_model
-    out_dir, new = take(args, 'out_dir', 'out'), take(args, 'new_tokens', 200, int)
-    prompt = take(args, 'prompt_tokens', 16, int)
-    model, _, _ = load_model(out_dir)
+    from model import GPT, make_config
+    out_dir, new = take(args, 'out_dir', ''), take(args, 'new_tokens', 200, int)
+    prompts, dtypes = take_list(args, 'prompt_tokens', '16', int), take_list(args, 'dtype', 'float32')
+    shape = {k: take(args, k, v, type(v)) for k, v in STEP_SHAPE.items() if k != 'batch_size'}
+    if args:
+        die(f"bench.py sample: unknown {' '.join(args)}")
+    if out_dir:
+        model = load_model(out_dir)[0]
+    else:  # speed does not depend on the weights: a random model of the shape asked for
+        torch.manual_seed(0)
+        model = GPT(make_config(shape.pop('arch'), **shape)).eval()
     rows = []
-    for use_cache in (True, False):
-        x = torch.randint(model.cfg.vocab_size, (1, min(prompt, model.cfg.block_size - 1)))
-        t0 = time.perf_counter()
-        n = sum(1 for _ in model.stream(x, new, temperature=1.0, use_cache=use_cache, generator=torch.Generator().manual_seed(0)))
-        dt = time.perf_counter() - t0
-        rows.append({'mode': 'sample', 'kv cache': use_cache, 'prompt': x.size(1), 'new tokens': n, 'tokens/s': round(n / dt, 1)})
+    for prompt, dtype in itertools.product(prompts, dtypes):
+        for use_cache in (True, False):
+            x = torch.randint(model.cfg.vocab_size, (1, min(prompt, model.cfg.block_size - 1)))  # (1, T)
+            t0 = time.perf_counter()
+            with torch.no_grad(), torch.autocast('cpu', dtype=getattr(torch, dtype), enabled=dtype != 'float32'):
+                n = sum(1 for _ in model.stream(x, new, temperature=1.0, use_cache=use_cache,
+                                                generator=torch.Generator().manual_seed(0)))
+            dt = time.perf_counter() - t0
+            rows.append({'mode': 'sample', **({'dtype': dtype} if len(dtypes) > 1 else {}), 'kv cache': use_cache,
+                         'prompt': x.size(1), 'new tokens': n, 'block': model.cfg.block_size, 'tokens/s': round(n / dt, 1)})
+        rows[-2]['cache speedup'] = round(rows[-2]['tokens/s'] / rows[-1]['tokens/s'], 1)
     return rows
 
 
@@ -195,15 +412,22 @@ def show(rows):
         print(' | '.join(v.ljust(w) for v, w in zip(c, widths)))
 
 
+
 if __name__ == '__main__':
     argv = sys.argv[1:]
-    modes = {'train': bench_train, 'sample': bench_sample, 'prepare': prepare_mode}
+    if argv[:1] == ['_step']:  # bench.py step runs each combination in a fresh process of its own
+        _step_child(json.loads(argv[1]))
+        sys.exit(0)
+    modes = {'train': bench_train, 'step': bench_step, 'sample': bench_sample, 'log': bench_log, 'prepare': prepare_mode}
     if not argv or argv[0] not in modes:
         print(__doc__.strip())
         sys.exit(0 if argv[:1] in (['-h'], ['--help']) else 2)
     json_path = take(argv, 'json', '')
+    info = machine()
     rows = modes[argv[0]](argv[1:])
+    info['load (1 min) at the end'] = round(os.getloadavg()[0], 2)
     show(rows)
+    print('\nmeasured on: ' + ', '.join(f'{k} {v}' for k, v in info.items()))
     if json_path:
         with common.atomic_write(json_path) as f:
-            json.dump({'rows': rows, 'argv': sys.argv[1:], 'time': time.strftime('%Y-%m-%d %H:%M:%S')}, f, indent=1)
+            json.dump({'rows': rows, 'argv': sys.argv[1:], 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'machine': info}, f, indent=1)

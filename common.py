@@ -216,10 +216,49 @@ def read_jsonl(path, skip_bad_lines=False, counts=None):
 # ----------------------------------------------------------------------------- device, dtype, DDP
 
 
-def resolve_device(device, dtype):
+def cpu_bf16_flags():
+    """This CPU's native bf16 instructions, as /proc/cpuinfo names them ('' when none, or not Linux):
+    without AVX512-BF16 or AMX, bf16 matmuls are emulated and run many times slower than float32."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((line for line in f if line.startswith('flags')), '').split()
+    except OSError:
+        return ''
+    return ' '.join(name for name in ('avx512_bf16', 'amx_bf16') if name in flags)
+
+
+def cpu_bf16_speedup(width, tokens=512, rounds=3):
+    """float32 time / bf16-autocast time of one MLP of this width (tokens x C -> 4C -> C, forward
+    and backward, the bulk of a block's work) on this CPU: above 1, bf16 is faster. The two are
+    timed in turns and the best round of each kept, so a busy machine does not favour either."""
+    import torch
+    import torch.nn.functional as F
+    x = torch.randn(tokens, width)
+    w1 = torch.randn(4 * width, width, requires_grad=True)
+    w2 = torch.randn(width, 4 * width, requires_grad=True)
+    best = {False: float('inf'), True: float('inf')}
+    for _ in range(rounds):
+        for bf16 in (False, True):
+            t0 = time.perf_counter()
+            for _ in range(2):
+                with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+                    y = F.linear(F.gelu(F.linear(x, w1)), w2)  # (tokens, C)
+                y.float().square().mean().backward()
+            best[bf16] = min(best[bf16], time.perf_counter() - t0)
+    return best[False] / best[True]
+
+
+dtype_note = ''  # why resolve_device() chose a CPU's dtype under 'auto', for the script to print
+bf16_speedup = 0.0  # what its probe measured (0: no probe ran)
+
+
+def resolve_device(device, dtype, width=None):
     """'auto' -> the best this machine has: cuda > mps > cpu; bfloat16 on GPUs that run it
     natively (Ampere and newer), float16 on older ones (T4, V100: needs a GradScaler when
-    training), float32 on CPU and MPS. Explicit choices are checked, not trusted."""
+    training), float32 on MPS. On a CPU, bfloat16 autocast when the CPU has native bf16 (AVX512-BF16
+    or AMX) and a probe of an MLP of the model's `width` runs faster in it; float32 otherwise (and
+    when no width is given). Explicit choices are checked, not trusted."""
+    global dtype_note, bf16_speedup
     import torch
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
@@ -236,6 +275,15 @@ def resolve_device(device, dtype):
         # yes on a T4 (emulated, slow), so ask the chosen device for its capability instead.
         native_bf16 = kind == 'cuda' and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
         dtype = 'float32' if kind != 'cuda' else 'bfloat16' if native_bf16 else 'float16'
+        flags = cpu_bf16_flags() if kind == 'cpu' else ''
+        if kind == 'cpu' and not flags:
+            dtype_note = "dtype auto: float32 (this CPU has no AVX512-BF16 or AMX: bf16 would be emulated, many times slower)"
+        elif kind == 'cpu' and width:
+            # Native bf16 doubles the matmul rate, but autocast adds casts: at a small width they can eat the gain.
+            bf16_speedup = cpu_bf16_speedup(width)
+            dtype = 'bfloat16' if bf16_speedup > 1.15 else 'float32'
+            dtype_note = (f"dtype auto: {dtype} ({flags.replace(' ', ', ')}: an MLP of width {width} runs "
+                          f"{bf16_speedup:.2f}x as fast under bf16 autocast as in float32)")
     if dtype not in ('float32', 'bfloat16', 'float16'):
         die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
     if dtype == 'float16' and kind != 'cuda':
@@ -258,14 +306,15 @@ class RunEnv:
             print(*args, **kw, flush=True)
 
 
-def init_run(device='auto', dtype='auto', timeout=600):
+def init_run(device='auto', dtype='auto', timeout=600, width=None):
     """Device and dtype, and under torchrun the process group (nccl on GPUs, gloo on CPUs).
     timeout: seconds a collective may wait for the other processes before it fails, so a hung
-    or lost rank ends the job instead of blocking it forever (torch's default is 10-30 min)."""
+    or lost rank ends the job instead of blocking it forever (torch's default is 10-30 min).
+    width: the model's n_embd, for the bf16 probe on a CPU (see resolve_device); env.dtype_note
+    says what the probe found."""
     import datetime
     import torch
     import torch.distributed as dist
-    from contextlib import nullcontext
     env = RunEnv()
     env.ddp = 'RANK' in os.environ  # launched by torchrun
     if env.ddp:
@@ -273,11 +322,15 @@ def init_run(device='auto', dtype='auto', timeout=600):
         env.master = env.rank == 0
         if device in ('auto', 'cuda'):
             device = f'cuda:{env.local_rank}' if torch.cuda.is_available() else 'cpu'
-    env.device, env.device_type, env.dtype = resolve_device(device, dtype)
-    env.ptdtype = getattr(torch, env.dtype)
+    env.device, env.device_type, env.dtype = resolve_device(device, dtype, width)
+    env.dtype_note = dtype_note if dtype == 'auto' else ''
     if env.ddp:
         dist.init_process_group(backend='nccl' if env.device_type == 'cuda' else 'gloo',
                                 timeout=datetime.timedelta(seconds=timeout))
+        if dtype == 'auto' and bf16_speedup:  # each rank timed its own probe: bf16 only if every rank chose it
+            vote = torch.tensor(int(env.dtype == 'bfloat16'))
+            dist.all_reduce(vote, op=dist.ReduceOp.MIN)
+            env.dtype = 'bfloat16' if vote.item() else 'float32'
         if env.device_type == 'cuda':
             torch.cuda.set_device(env.device)
         global exit_fn
@@ -285,8 +338,17 @@ def init_run(device='auto', dtype='auto', timeout=600):
     if env.device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
         torch.backends.cudnn.allow_tf32 = True
-    env.autocast = nullcontext() if env.dtype == 'float32' else torch.autocast(device_type=env.device_type, dtype=env.ptdtype)
+    set_dtype(env, env.dtype)
     return env
+
+
+def set_dtype(env, dtype):
+    """env.dtype and what follows from it: env.ptdtype (the torch dtype) and env.autocast, the context
+    the forward passes run in (float32: none; weights, optimizer state and the loss stay float32 anyway)."""
+    import torch
+    from contextlib import nullcontext
+    env.dtype, env.ptdtype = dtype, getattr(torch, dtype)
+    env.autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=env.device_type, dtype=env.ptdtype)
 
 
 def leave(code=0):

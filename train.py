@@ -61,8 +61,10 @@ mlp = None                # 'gelu' | 'swiglu'
 bias = None
 tie_embeddings = None
 rope_theta = 10000.0
-# optimizer: AdamW with a linear warmup, then a cosine decay down to min_lr
-learning_rate = 1e-3
+# optimizer: AdamW (or Muon + AdamW) with a linear warmup, then a cosine decay down to min_lr
+learning_rate = 1e-3      # AdamW's peak LR
+muon = False              # Muon on the matrices inside the blocks, AdamW on the rest (optim.py)
+muon_lr = 0.02            # muon=True: the block matrices' peak LR (Muon's steps are normalized: a scale of its own)
 min_lr = 1e-4
 max_iters = 2000
 warmup_iters = 100
@@ -75,6 +77,7 @@ skip_nonfinite = False    # skip (and count) steps whose loss is NaN/inf instead
 # eval, logging, checkpoints
 eval_interval = 250
 eval_iters = 20           # batches per split per eval
+eval_full_val = False     # val loss on the whole val split (windows of block_size, every token once), not eval_iters batches
 log_interval = 10
 keep_last_n = 1           # keep this many latest checkpoints (ckpt.pt plus ckpt_<iter>.pt); best.pt always
 sample_prompt = '\n'      # text for the short sample printed at the end ('' = no sample)
@@ -87,8 +90,10 @@ swanlab_project = 'nanolm'
 swanlab_run_name = ''
 # system
 device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4), float32 on CPU/MPS
-compile = False           # torch.compile the model (faster on recent GPUs; slow to start)
+dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
+                          # autocast if it has AVX512-BF16/AMX and a probe finds it faster, else float32; float32 on MPS
+compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
+gradient_checkpointing = False  # recompute each block's activations in backward: far less memory, ~1/3 more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
@@ -112,9 +117,13 @@ if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
     die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
 if fsdp and 'RANK' not in os.environ:
     die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
+if fsdp and muon:
+    die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
 
-env = common.init_run(device, dtype, dist_timeout)  # device, dtype, and the process group under torchrun
+env = common.init_run(device, dtype, dist_timeout, width=n_embd)  # device, dtype, and the process group under torchrun
 say, device = env.say, env.device
+if env.dtype_note:
+    say(env.dtype_note)
 # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (enabled=False is a no-op).
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))
 # accumulation is split over processes: the same tokens per optimizer step whatever the world size
@@ -193,24 +202,63 @@ if init_from.startswith('hf:'):
 if ckpt is not None:
     raw_model.load_state_dict(ckpt['model'])
 raw_model.to(device)
+raw_model.gradient_checkpointing = gradient_checkpointing
+if compile is None:  # auto
+    compile = env.device_type == 'cuda' and sys.platform == 'linux'
+    if not compile:
+        say(f"compile: off (auto turns torch.compile on for CUDA on Linux only: on {env.device_type} it is slow to start "
+            f"and not known to pay off; --compile=True to try it)")
 model = common.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
-optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))  # after FSDP: on the shards
+if muon:  # after FSDP: on the shards
+    from optim import muon_adamw
+    optimizer = muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2))
+else:
+    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 if ckpt is not None:
     iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
+    if dtype == 'auto' and common.bf16_speedup and ckpt.get('dtype') in ('float32', 'bfloat16') and ckpt['dtype'] != env.dtype:
+        # this CPU's bf16 probe (timed, so it can go either way near the line) chose otherwise than when the run began
+        common.set_dtype(env, ckpt['dtype'])
+        say(f"dtype: {env.dtype}, as the run was started (exact resume)")
     del ckpt
 peak_flops = peak_flops or common.peak_flops(env)
+
+
+@torch.no_grad()
+def full_val_loss():
+    """Mean loss over the whole val split, cut into consecutive windows of block_size (the last one
+    shorter): every token after the first is predicted exactly once, with the context its window
+    gives it. Deterministic, and comparable between runs with the same block_size."""
+    d, n = data['val'], len(data['val']) - 1  # n tokens have a next token to predict
+    starts = torch.arange(0, n - block_size + 1, block_size)  # the whole windows
+    total = 0.0
+    for chunk in starts.split(batch_size):
+        x, y = get_batch('val', starts=chunk)  # (b, T), (b, T)
+        with env.autocast:
+            _, loss = model(x, y)
+        total += loss.item() * y.numel()
+    tail = len(starts) * block_size  # where the tokens the whole windows left over begin
+    if tail < n:
+        x, y = (torch.from_numpy(d[i:i + n - tail].astype(np.int64))[None].to(device) for i in (tail, tail + 1))  # (1, n - tail)
+        with env.autocast:
+            _, loss = model(x, y)
+        total += loss.item() * y.numel()
+    return total / n
 
 
 @torch.no_grad()
 def estimate_loss():
     """Mean loss over eval_iters batches per split. The batches come from a generator reseeded
     every time: every eval sees the same data (comparable numbers) and training's random
-    streams are left alone (exact resume)."""
+    streams are left alone (exact resume). eval_full_val: val over the whole split instead."""
     out = {}
     model.eval()
     for split in ('train', 'val'):
+        if split == 'val' and eval_full_val:
+            out[split] = full_val_loss()
+            continue
         gen = torch.Generator().manual_seed(seed + 7)
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
@@ -226,7 +274,7 @@ def estimate_loss():
 def checkpoint(is_best=False):
     save_run(env, out_dir, raw_model, optimizer, scaler, sampler, keep_last_n, is_best, model_config=asdict(mcfg),
              config=config, tokenizer=tok_spec, base_model=base_model, iter_num=iter_num, best_val=best_val, skipped=skipped,
-             last_eval=last_eval)
+             last_eval=last_eval, dtype=env.dtype)
 
 
 def eval_and_checkpoint():
@@ -258,7 +306,7 @@ t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
     lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
-        group['lr'] = lr
+        group['lr'] = lr * group.get('lr_scale', 1.0)  # (Muon's groups have their own peak: muon_lr)
     if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
         eval_and_checkpoint()
         t0 = time.perf_counter()  # don't count eval and saving in this step's time
@@ -268,13 +316,14 @@ while iter_num < max_iters:
     # exactly the tokens of 1 process x 2B (or x B with twice the accumulation).
     starts = torch.randint(len(data['train']) - block_size, (accum, env.world, batch_size), generator=sampler)[:, env.rank]
     # forward and backward over accum micro-batches; the gradients add up in .grad.
-    # (nanoGPT prefetches the next batch while the GPU computes; on a CPU there is nothing to overlap.)
     loss_sum = torch.zeros((), device=device)
+    x, y = get_batch('train', starts=starts[0])  # (B, T), (B, T)
     for micro in range(accum):
-        x, y = get_batch('train', starts=starts[micro])  # (B, T), (B, T)
         common.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
         with env.autocast:
             _, loss = model(x, y)
+        if micro + 1 < accum:  # fetch the next micro-batch now: a GPU is still running the forward just queued
+            x, y = get_batch('train', starts=starts[micro + 1])  # (on a CPU this is simply the next thing done)
         scaler.scale(loss / accum).backward()
         loss_sum += loss.detach() / accum
     if env.ddp:

@@ -55,3 +55,35 @@ def char_data(tmp_path_factory):
 TINY = ['--dataset=tiny', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
         '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=4', '--log_interval=5', '--peak_flops=1e12',
         '--sample_tokens=20']
+
+
+def make_chats(n=240, seed=0):
+    """Chat records a tiny model can learn (each subject has its own answers); every third has two turns."""
+    import random
+    rng = random.Random(seed)
+    subjects = ['the cat', 'a dog', 'my friend', 'the old man', 'her sister', 'the king']
+    objects = ['the red ball', 'a small house', 'the river', 'an open door', 'the quiet garden', 'the sea']
+    out = []
+    for i in range(n):
+        k = rng.randrange(len(subjects))
+        s = subjects[k]
+        msgs = [{'role': 'user', 'content': f'what does {s} see?'}, {'role': 'assistant', 'content': f'{s} sees {objects[k]}.'}]
+        if i % 3 == 0:
+            msgs += [{'role': 'user', 'content': 'and then?'}, {'role': 'assistant', 'content': f'{s} finds {objects[-1 - k]}.'}]
+        out.append({'messages': msgs})
+    return out
+
+
+@pytest.fixture(scope='session')
+def sft_base(tmp_path_factory):
+    """For finetune_sft.py: a tiny base pretrained by train.py on a 300-token bpe (which reserves
+    the chat tokens), and a file of chat records. -> (base out_dir, chat .jsonl)."""
+    import json
+    d = tmp_path_factory.mktemp('sft')
+    (d / 'tiny.txt').write_text(make_text())
+    run('prepare.py', 'tinybpe', '--input', d / 'tiny.txt', '--tokenizer=bpe', '--vocab_size=300', '--out_dir', d / 'data')
+    run('train.py', *TINY, '--dataset=tinybpe', f'--data_dir={d / "data"}', f'--out_dir={d / "base"}', '--block_size=64',
+        '--max_iters=30', '--eval_interval=30', '--sample_prompt=')
+    chats = d / 'chats.jsonl'
+    chats.write_text(''.join(json.dumps(r) + '\n' for r in make_chats()))
+    return d / 'base', chats

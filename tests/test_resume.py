@@ -232,3 +232,31 @@ def test_ctrl_c_under_torchrun_saves_and_resumes_exactly(char_data, tmp_path):
     p = torchrun(out, '--init_from=resume')
     assert p.wait(timeout=300) == 0, p.communicate()[1][-2000:]
     assert losses(out) == losses(ref)
+
+
+def both_scripts_args(script, char_data, sft_base, out):
+    """A short run of either training script, with dropout so that resume must restore torch's RNG too."""
+    if script == 'train.py':
+        return [*RUN, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=40', '--lr_decay_iters=40']
+    base, chats = sft_base
+    return ['--batch_size=8', '--dropout=0.1', '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=2', '--eval_interval=20',
+            '--max_iters=40', '--peak_flops=1e12', '--sample_prompt=', f'--base_dir={base}', f'--data_file={chats}',
+            f'--cache_dir={out}-cache', f'--out_dir={out}']
+
+
+@pytest.mark.parametrize('script', ['train.py', 'finetune_sft.py'])
+def test_both_training_scripts_stop_and_resume_exactly(script, char_data, sft_base, tmp_path):
+    """One check for each script that trains: Ctrl-C in the middle, resume with the command the
+    run prints, and every per-iteration loss and val loss equals those of a run never stopped."""
+    run(script, *both_scripts_args(script, char_data, sft_base, tmp_path / 'ref'))
+    out = tmp_path / 'out'
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *both_scripts_args(script, char_data, sft_base, out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_iter(out, random.Random(script).randint(5, 30), proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and 'Traceback' not in stderr, stderr
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] < 40
+    cmd = shlex.split(stdout.split('Resume with: ')[1].splitlines()[0])
+    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert losses(out) == losses(tmp_path / 'ref')

@@ -1,0 +1,114 @@
+"""
+Muon for the matrices inside the blocks, AdamW for everything else, in one optimizer:
+
+    python train.py config/train_shakespeare_char.py            # the speedrun recipe uses it
+    python train.py config/train_verdict.py --optimizer=muon    # any run can
+
+Muon (Keller Jordan, 2024) keeps a momentum of each weight matrix's gradient and replaces it by
+the nearest semi-orthogonal matrix before stepping: every direction the gradient spans moves by
+the same amount, so the rare directions learn as fast as the common ones. A few Newton-Schulz
+iterations give that matrix without an SVD. Embeddings, the output layer, norms and biases are
+not transforms of a hidden state into another, so they keep AdamW.
+
+One torch.optim.Optimizer with two kinds of group (muon=True / False), not two optimizers: the
+GradScaler, the LR loop (`group['lr'] = lr * group['lr_scale']`) and the checkpoints
+(torch.distributed.checkpoint's get_optimizer_state_dict) then work unchanged. Every group
+setting is a plain number, so a checkpoint loads with torch.load(weights_only=True).
+"""
+import torch
+
+
+def orthogonalize(g, steps=5):
+    """g (k, m, n): k matrices -> the nearest semi-orthogonal matrix to each (U V^T from its SVD),
+    approximately. The quintic Newton-Schulz iteration below (coefficients from Muon) drives every
+    singular value into roughly [0.7, 1.2] within 5 steps: close enough, and far cheaper than an SVD."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius norm 1, so every singular value <= 1
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT  # iterate on the wide orientation: s below is then the smaller square
+    for _ in range(steps):
+        s = x @ x.mT  # (k, m, m)
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.mT if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Groups with muon=True: Nesterov momentum, orthogonalized, scaled by sqrt(max(1, rows/cols))
+    so that tall and wide matrices move alike; `split` cuts a fused matrix along its rows into
+    parts orthogonalized on their own (q, k and v of the fused qkv). Other groups: AdamW."""
+
+    def __init__(self, groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5):
+        defaults = dict(lr=lr, lr_scale=1.0, betas=betas, eps=eps, weight_decay=0.0, momentum=momentum,
+                        ns_steps=ns_steps, muon=False, split=1)
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # (closure: torch.distributed.checkpoint calls step(closure=None))
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            (self._muon if group['muon'] else self._adamw)(group, params)
+
+    def _muon(self, group, params):
+        mu, k, lr = group['momentum'], group['split'], group['lr']
+        updates = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state['momentum_buffer'] = torch.zeros_like(p)
+            state['momentum_buffer'].lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * grad
+            u = p.grad.lerp(state['momentum_buffer'], mu).view(k, -1, p.size(-1))  # Nesterov; (k, rows/k, cols)
+            updates.append(u if u.size(-2) <= u.size(-1) else u.mT)  # wide: the iteration's s is the smaller square
+        # Matrices of one shape are orthogonalized together, in one batch: the same arithmetic in a
+        # few large matmuls instead of many small ones (on a CPU each costs a sync of its threads).
+        shapes = {}
+        for i, u in enumerate(updates):
+            shapes.setdefault(tuple(u.shape[1:]), []).append(i)
+        for idx in shapes.values():
+            done = orthogonalize(torch.cat([updates[i] for i in idx]), group['ns_steps']).split(k)
+            for i, u in zip(idx, done):
+                updates[i] = u
+        for p, u in zip(params, updates):
+            u = (u if u.size(-2) * k == p.size(0) else u.mT).reshape(p.shape)
+            p.mul_(1 - lr * group['weight_decay'])
+            p.add_(u, alpha=-lr * max(1.0, p.size(0) / k / p.size(1)) ** 0.5)  # tall matrices: larger steps
+
+    def _adamw(self, group, params):
+        (b1, b2), lr = group['betas'], group['lr']
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state['step'] = torch.zeros((), dtype=torch.float32)
+                state['exp_avg'], state['exp_avg_sq'] = torch.zeros_like(p), torch.zeros_like(p)
+            state['step'] += 1
+            t = state['step'].item()
+            state['exp_avg'].lerp_(p.grad, 1 - b1)
+            state['exp_avg_sq'].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (state['exp_avg_sq'] / (1 - b2 ** t)).sqrt_().add_(group['eps'])
+            p.mul_(1 - lr * group['weight_decay'])
+            p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - b1 ** t))
+
+
+def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0, momentum=0.95):
+    """The optimizer for a GPT (model.py): Muon on the 2-D weights inside the blocks, AdamW on the
+    rest. AdamW's matrices outside the blocks (embeddings, output layer) get weight_decay, as with
+    configure_optimizers; Muon's steps are normalized, so it needs none at these run lengths.
+    Peak LRs are absolute; the LR schedule multiplies each group by lr / learning_rate.
+    embed_lr: the token/position embeddings' own AdamW LR (0 = learning_rate)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    in_blocks = {id(p) for p in model.blocks.parameters()}
+    embeds = {id(model.wte.weight)} | ({id(model.wpe.weight)} if model.wpe is not None else set())
+    tied = model.lm_head.weight is model.wte.weight  # tied: the output layer's LR, not an embedding's
+    qkv = {id(b.attn.qkv.weight) for b in model.blocks}
+    muon = [p for p in params if id(p) in in_blocks and p.dim() == 2]
+    groups = [
+        dict(params=[p for p in muon if id(p) not in qkv], muon=True, lr_scale=muon_lr / learning_rate),
+        # q, k and v are separate transforms (fused for one matmul): orthogonalize each on its own
+        dict(params=[p for p in muon if id(p) in qkv], muon=True, lr_scale=muon_lr / learning_rate, split=1),
+        dict(params=[p for p in params if id(p) in embeds and not tied], weight_decay=weight_decay,
+             lr_scale=(embed_lr or learning_rate) / learning_rate),
+        dict(params=[p for p in params if id(p) not in in_blocks and p.dim() == 2 and (tied or id(p) not in embeds)],
+             weight_decay=weight_decay),
+        dict(params=[p for p in params if p.dim() < 2]),
+    ]
+    return MuonAdamW([g for g in groups if g['params']], lr=learning_rate, betas=betas, momentum=momentum)

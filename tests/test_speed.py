@@ -1,0 +1,220 @@
+"""The speed features do what they say, and change nothing else: gradient checkpointing, bf16
+autocast on a CPU (and the auto choice), the KV cache, sample.py's incremental decode, the whole-
+split val loss, Muon (its update, and exact resume, alone and under DDP), bench.py's modes.
+No timing assertions here: bench.py measures speed; these tests check behaviour."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from conftest import ROOT, TINY, run, shared_file
+from checkpoint import load_checkpoint, load_model, save_checkpoint
+from model import GPT, make_config
+
+V = 97
+
+
+def tiny(arch='gpt2', **kw):
+    torch.manual_seed(0)
+    return GPT(make_config(arch, **{**dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_embd=32), **kw}))
+
+
+def step_log(out):
+    return [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.parametrize('arch', ['gpt2', 'llama'])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch):
+    """With dropout on: the recomputation in backward must replay the forward's dropout masks."""
+    model = tiny(arch, dropout=0.1).train()
+    x = torch.randint(V, (3, 32))
+    grads = []
+    for ckpt in (False, True):
+        model.gradient_checkpointing = ckpt
+        model.zero_grad()
+        torch.manual_seed(1)
+        _, loss = model(x, x)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == grads[1][0]
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    model.eval()  # (generation and eval never checkpoint: there is no backward)
+    assert model(x[:, :5], cache=model.new_cache(3, 'cpu', torch.float32))[0].shape == (3, 5, V)
+
+
+def test_bf16_autocast_on_cpu_trains_with_float32_weights():
+    """Under bf16 autocast the loss stays float32, finite and close to float32's; weights, gradients
+    and AdamW's state stay float32."""
+    model = tiny('llama').train()
+    x = torch.randint(V, (4, 32))
+    _, ref = model(x, x)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss = model(x, x)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) < 0.01 * ref.item()
+    loss.backward()
+    opt.step()
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for s in opt.state.values() for k, v in s.items() if k != 'step')
+
+
+def test_auto_dtype_on_a_cpu_follows_its_instructions_and_the_probe(monkeypatch):
+    assert common.cpu_bf16_speedup(16, tokens=8, rounds=1) > 0  # the probe itself runs here
+    monkeypatch.setattr(common, 'cpu_bf16_flags', lambda: '')
+    assert common.resolve_device('cpu', 'auto', 128)[2] == 'float32' and 'no AVX512-BF16 or AMX' in common.dtype_note
+    monkeypatch.setattr(common, 'cpu_bf16_flags', lambda: 'avx512_bf16 amx_bf16')
+    for speedup, dtype in [(2.0, 'bfloat16'), (1.05, 'float32')]:
+        monkeypatch.setattr(common, 'cpu_bf16_speedup', lambda width, s=speedup: s)
+        assert common.resolve_device('cpu', 'auto', 128)[2] == dtype
+        assert common.dtype_note.startswith(f'dtype auto: {dtype} (avx512_bf16, amx_bf16: an MLP of width 128 runs')
+    assert common.resolve_device('cpu', 'auto')[2] == 'float32'  # no width: no probe
+    assert common.resolve_device('cpu', 'bfloat16', 128)[2] == 'bfloat16'  # an explicit choice is kept
+
+
+def test_train_runs_in_bf16_on_a_cpu(char_data, tmp_path):
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=4', '--eval_interval=4',
+            '--sample_prompt=', '--dtype=bfloat16')
+    assert '| cpu bfloat16 x1' in p.stdout
+    rows = step_log(tmp_path)
+    assert all(np.isfinite(r.get('loss', 0)) for r in rows) and np.isfinite(rows[-1]['val_loss'])
+    assert all(v.dtype == torch.float32 for v in load_checkpoint(tmp_path / 'ckpt.pt')['model'].values())
+
+
+@pytest.mark.parametrize('arch', ['gpt2', 'llama'])
+def test_kv_cache_equals_recompute_at_a_gpt2_small_like_shape(arch):
+    """GPT-2 small's structure (12 layers, 12 heads) at a tiny width: the logits of every step of a
+    cached decode equal a full recompute, and so do the tokens, also past block_size (where the
+    window slides and the cache is left)."""
+    model = tiny(arch, n_layer=12, n_head=12, n_embd=24, block_size=16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)  # larger than the init: every position's output depends on its context
+        prompt = torch.randint(V, (2, 5))
+        cached = model.generate(prompt, 16, temperature=0, use_cache=True)
+        assert torch.equal(cached, model.generate(prompt, 16, temperature=0, use_cache=False))
+        cache = model.new_cache(2, 'cpu', torch.float32)
+        model(cached[:, :5], cache=cache)
+        for t in range(5, 16):
+            step, _ = model(cached[:, t:t + 1], cache=cache, pos=t)
+            assert torch.allclose(step[:, -1], model(cached[:, :t + 1])[0][:, -1], atol=1e-4), t
+
+
+def test_sample_decodes_incrementally_to_the_same_text(tmp_path):
+    """sample.py prints each token's text as it comes; with GPT-2's byte-level tokens a character is
+    often cut between two tokens. What it prints must be exactly the decode of all the ids."""
+    shared_file('tiktoken_cache')
+    import tokenizer
+    spec = {'kind': 'tiktoken', 'name': 'gpt2'}
+    tok = tokenizer.load(spec)
+    start = '春眠不觉晓，'
+    cfg = make_config('gpt2', block_size=64, vocab_size=tok.n_vocab, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(cfg)
+    # A rigged model: every position's final state is all ones (ln_f), and only the single-byte tokens
+    # of the prompt's characters and ' the' get a large logit, so it samples bytes that make whole
+    # characters, cut ones and invalid runs, between whole words.
+    picks = sorted({tok.enc.encode_single_token(bytes([b])) for b in start.encode()} | {tok.encode(' the')[0]})
+    with torch.no_grad():
+        model.ln_f.weight.zero_(), model.ln_f.bias.fill_(1.0), model.wte.weight.zero_()
+        model.wte.weight[picks] = 1.0
+    save_checkpoint({'model': model.state_dict(), 'model_config': cfg.__dict__, 'iter_num': 0, 'tokenizer': spec}, tmp_path)
+    s = run('sample.py', f'--out_dir={tmp_path}', f'--start={start}', '--num_samples=1', '--max_new_tokens=60',
+            '--temperature=1.0', '--top_k=0', '--seed=3', '--dtype=float32')
+    gen = torch.Generator().manual_seed(3)
+    ids = [t.item() for t in model.stream(torch.tensor([tok.encode(start)]), 60, temperature=1.0, top_p=1.0,
+                                           stop_tokens={tok.eot}, generator=gen)]
+    assert ''.join(tok.decode([t]) for t in ids) != tok.decode(ids)  # characters are cut between tokens
+    assert s.stdout == start + tok.decode(ids) + '\n'
+
+
+def test_full_val_loss_counts_every_val_token_once(char_data, tmp_path):
+    """eval_full_val: the logged val loss is the mean over windows of block_size that cover the val
+    split once (the last one shorter), recomputed here independently from the saved model."""
+    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=3', '--eval_interval=3',
+        '--sample_prompt=', '--eval_full_val=True', '--block_size=24')
+    logged = [r['val_loss'] for r in step_log(tmp_path) if 'val_loss' in r][-1]
+    model = load_model(tmp_path)[0]
+    val = torch.from_numpy(np.fromfile(char_data / 'tiny' / 'val.bin', dtype=np.uint16).astype(np.int64))
+    n = len(val) - 1
+    assert n % 24  # a shorter last window, so that it is checked too
+    losses = torch.zeros(n)  # one loss per predicted token
+    with torch.no_grad():
+        for s in range(0, n, 24):
+            e = min(s + 24, n)
+            logits, _ = model(val[None, s:e])
+            losses[s:e] = torch.nn.functional.cross_entropy(logits[0], val[s + 1:e + 1], reduction='none')
+    assert logged == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert abs(losses[:n // 24 * 24].mean().item() - logged) > 1e-4  # without the last window it would differ
+
+
+def test_muon_update_is_orthogonal_and_scaled():
+    from optim import muon_adamw, orthogonalize
+    g = torch.randn(3, 40, 24)
+    s = torch.linalg.svdvals(orthogonalize(g))  # every singular value pushed close to 1
+    assert s.min() > 0.5 and s.max() < 1.3
+    model = tiny('llama')
+    opt = muon_adamw(model, 1e-3, 0.02, 0.1, (0.9, 0.95))
+    kinds = {id(p): g['muon'] for g in opt.param_groups for p in g['params']}
+    assert all(kinds[id(p)] == (n.startswith('blocks.') and p.dim() == 2) for n, p in model.named_parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randint(V, (2, 32)), torch.randint(V, (2, 32)))[1].backward()
+    for group in opt.param_groups:
+        group['lr'] = 1e-3 * group['lr_scale']
+    opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert not torch.equal(p, b)
+
+
+def test_muon_resumes_exactly(char_data, tmp_path):
+    args = [*TINY, f'--data_dir={char_data}', '--muon=True', '--dropout=0.1', '--max_iters=12', '--lr_decay_iters=12',
+            '--eval_interval=6', '--sample_prompt=']
+    run('train.py', *args, f'--out_dir={tmp_path / "ref"}')
+    run('train.py', *args, f'--out_dir={tmp_path / "two"}', '--max_iters=6')  # (stopped at an eval, as ref evals there)
+    run('train.py', *args, f'--out_dir={tmp_path / "two"}', '--init_from=resume')
+    strip = lambda rows: [{k: v for k, v in r.items() if k != 'dt'} for r in rows]  # step times differ, nothing else
+    assert strip(step_log(tmp_path / 'two')) == strip(step_log(tmp_path / 'ref'))
+    ck = torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=True)  # loads without pickled code
+    assert any(g.get('muon') for g in ck['optimizer']['param_groups'])
+
+
+def test_muon_under_ddp_trains_the_same_model_and_resumes(char_data, tmp_path):
+    """2 processes x batch 4 = 1 process x batch 8, with Muon; then the DDP run resumes in one process."""
+    args = [*TINY, f'--data_dir={char_data}', '--muon=True', '--max_iters=6', '--eval_interval=3', '--sample_prompt=']
+    run('train.py', *args, '--batch_size=8', f'--out_dir={tmp_path / "one"}')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(ROOT / 'train.py'),
+           *args, '--batch_size=4', '--gradient_accumulation_steps=2', f'--out_dir={tmp_path / "two"}', '--max_iters=3']
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert p.returncode == 0, p.stderr[-2000:]
+    run('train.py', *args, '--batch_size=8', f'--out_dir={tmp_path / "two"}', '--init_from=resume')
+    one, two = ([r['loss'] for r in step_log(tmp_path / d) if 'loss' in r] for d in ('one', 'two'))
+    assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_bench_reads_time_to_a_loss_from_a_log(tmp_path):
+    rows = [{'iter': 0, 'loss': 4.0, 'dt': 0.5}, {'iter': 1, 'loss': 3.0, 'dt': 0.25}, {'iter': 2, 'val_loss': 2.5},
+            {'iter': 2, 'loss': 2.4, 'dt': 0.25}, {'iter': 3, 'val_loss': 1.9}]
+    (tmp_path / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    run('bench.py', 'log', tmp_path, '--target_loss=2.6,2.0,1.0', f'--json={tmp_path / "b.json"}')
+    row = json.loads((tmp_path / 'b.json').read_text())['rows'][0]
+    assert row['s to val<=2.6'] == 0.8 and row['s to val<=2.0'] == 1.0 and row['s to val<=1.0'] is None
+    assert row['final val'] == 1.9 and row['steps'] == 3
+
+
+def test_bench_step_and_sample_modes_report_their_rows(tmp_path):
+    shape = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--vocab_size=64']
+    run('bench.py', 'step', *shape, '--steps=1', '--gradient_checkpointing=False,True', f'--json={tmp_path / "s.json"}')
+    out = json.loads((tmp_path / 's.json').read_text())
+    steps = [r for r in out['rows'] if r['mode'] == 'step']
+    assert [r['grad ckpt'] for r in steps] == ['False', 'True'] and all(r['ms/iter'] > 0 and 'activations MB' in r for r in steps)
+    assert out['machine']['cores'] >= 1 and 'float32 GFLOP/s' in out['rows'][-1]
+    run('bench.py', 'sample', *shape, '--prompt_tokens=4,20', '--new_tokens=8', f'--json={tmp_path / "g.json"}')
+    rows = json.loads((tmp_path / 'g.json').read_text())['rows']
+    assert [(r['prompt'], r['kv cache']) for r in rows] == [(4, True), (4, False), (20, True), (20, False)]
+    assert all(r['new tokens'] == 8 for r in rows) and rows[0]['cache speedup'] > 0
