@@ -351,6 +351,38 @@ def set_dtype(env, dtype):
     env.autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=env.device_type, dtype=env.ptdtype)
 
 
+def optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, where):
+    """The end of a training step, after backward: clip the true gradients (unscaled first under
+    fp16), step, zero the gradients. A NaN/inf loss stops the run (its last checkpoint untouched)
+    or, with skip_nonfinite, skips the update. where: (iter_num, learning_rate, out_dir) for the
+    message. Returns 1 if the step was skipped, else 0."""
+    import torch
+    skip = not math.isfinite(loss_value)
+    if skip and not skip_nonfinite:
+        it, lr, out_dir = where
+        die(f"loss is {loss_value} at iter {it}. Likely causes: learning_rate={lr} too high, fp16 overflow "
+            f"(try dtype=bfloat16 or float32), or bad data. The last good checkpoint in {out_dir}/ is untouched; "
+            f"--skip_nonfinite=True skips such steps instead")
+    if not skip:
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return int(skip)
+
+
+def leave_resumable(env, stop, iter_num, out_dir, say):
+    """After a stop signal (`stop`, from should_stop) and its checkpoint: print the command that
+    resumes the run exactly (this one, with --init_from=resume) and exit 128 + the signal."""
+    import shlex
+    launcher = f'torchrun --standalone --nproc_per_node={env.world}' if env.ddp else 'python'
+    args = shlex.join(a for a in sys.argv if not a.startswith('--init_from='))
+    say(f"stopped at iter {iter_num}; checkpoint saved to {out_dir}/ckpt.pt. Resume with: {launcher} {args} --init_from=resume")
+    leave(128 + stop)
+
+
 def leave(code=0):
     """Exit. Under DDP, os._exit after leaving the process group: gloo's worker threads can still be
     releasing the last collective's tensors, and that races with Python's shutdown (SIGABRT,
@@ -419,12 +451,17 @@ def gather(env, obj):
 # ----------------------------------------------------------------------------- schedule, FLOPs
 
 
-def cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_end):
-    """Linear warmup to learning_rate, cosine decay to min_lr at decay_end, then min_lr."""
+def cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_end, cooldown_frac=0.0):
+    """Linear warmup to learning_rate, cosine decay to min_lr at decay_end, then min_lr.
+    cooldown_frac > 0: warmup-stable-decay instead: learning_rate held after the warmup, then a
+    linear decay to min_lr over the last cooldown_frac of decay_end (short runs: see train.py)."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= decay_end:
         return min_lr
+    if cooldown_frac:
+        left = (decay_end - it) / max(1.0, cooldown_frac * decay_end)  # 1 where the cooldown starts, 0 at its end
+        return min_lr + min(1.0, left) * (learning_rate - min_lr)
     ratio = (it - warmup_iters) / max(1, decay_end - warmup_iters)  # max(): warmup may equal the decay end
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 

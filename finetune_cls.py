@@ -26,8 +26,6 @@ One process, no torchrun: a classifier is a small job for a CPU, a Mac or one GP
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict
 
@@ -400,9 +398,7 @@ while iter_num < max_iters:
     stop = common.should_stop(env)
     if stop:
         checkpoint()
-        args = shlex.join(a for a in sys.argv if not a.startswith('--init_from='))
-        say(f"stopped at iter {iter_num}; checkpoint saved to {out_dir}/ckpt.pt. Resume with: python {args} --init_from=resume")
-        common.leave(128 + stop)
+        common.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end: the test report
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)

@@ -19,10 +19,7 @@ Read top to bottom like train.py: settings, setup, the starting model, data, the
 The run machinery (DDP, signals, checkpoints, resume, the log) is common.py and checkpoint.py.
 """
 import json
-import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict
 
@@ -77,7 +74,7 @@ eval_iters = 20           # batches per split per eval (val: its first examples,
 log_interval = 10
 keep_last_n = 1
 sample_prompt = ''        # a user message answered at the end ('' = no sample)
-sample_system = ''        # the system prompt for that sample ('' = none)
+sample_system = ''        # the system prompt for that sample ('' = none); sample.py --chat uses it too, unless told otherwise
 sample_tokens = 200
 wandb_log = False         # also send the log to Weights & Biases (pip install wandb)
 wandb_project = 'nanolm'
@@ -90,7 +87,7 @@ device = 'auto'           # 'auto' = cuda > mps > cpu
 dtype = 'auto'            # 'auto' = bfloat16 on GPUs that have it, float16 + GradScaler on older ones, float32 on CPU/MPS
 compile = False           # torch.compile the model (example lengths vary: expect a few recompiles)
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
-gradient_checkpointing = False  # recompute each block's activations in backward: far less memory, ~1/3 more compute
+gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
 config = configure(globals())
@@ -327,20 +324,10 @@ while iter_num < max_iters:
     if env.ddp:
         torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
     loss_value = loss_sum.item()  # one sync per step
-    if not math.isfinite(loss_value):
-        if not skip_nonfinite:
-            die(f"loss is {loss_value} at iter {iter_num}. Likely causes: learning_rate={learning_rate} too high, "
-                f"fp16 overflow (try dtype=bfloat16 or float32), or bad data. The last good checkpoint in {out_dir}/ is untouched; "
-                f"--skip_nonfinite=True skips such steps instead")
+    # clip, step, zero the gradients; a NaN/inf loss stops the run, or skips the step (skip_nonfinite)
+    if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
-    else:
-        if grad_clip:  # clip the true gradients: unscale them first under fp16
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.zero_grad(set_to_none=True)
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
@@ -354,10 +341,7 @@ while iter_num < max_iters:
     stop = common.should_stop(env)  # every process stops at the same step
     if stop:
         checkpoint()
-        launcher = f'torchrun --standalone --nproc_per_node={env.world}' if env.ddp else 'python'
-        args = shlex.join(a for a in sys.argv if not a.startswith('--init_from='))
-        say(f"stopped at iter {iter_num}; checkpoint saved to {out_dir}/ckpt.pt. Resume with: {launcher} {args} --init_from=resume")
-        common.leave(128 + stop)
+        common.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num

@@ -95,6 +95,9 @@ def make_config(arch='gpt2', **overrides):
     return ModelConfig(**{**ARCH[arch], **{k: v for k, v in overrides.items() if v is not None}})
 
 
+LOSS_CHUNK = 2 ** 24  # logits a chunk of the loss under gradient checkpointing (64 MB in float32)
+
+
 # ----------------------------------------------------------------------------- layers
 
 class RMSNorm(nn.Module):
@@ -277,9 +280,25 @@ class GPT(nn.Module):
             return x, None  # (B, T, C)
         if targets is None:
             return self.lm_head(x[:, [-1]] if last_only else x), None  # (B, 1 or T, V)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return None, self.chunked_loss(x, targets)
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
+
+    def chunked_loss(self, x, targets):
+        """The same mean cross-entropy, with the (B, T, V) logits never whole: at GPT-2's vocabulary they
+        are the largest activation there is (1024 x 50304 floats = 206 MB a sequence, and their softmax
+        and its gradient as much again). Each chunk of positions computes its logits and loss, keeps
+        neither, and does it again in backward. No logits are returned."""
+        h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (B*T, C), (B*T,)
+        n = max(1, LOSS_CHUNK // self.lm_head.out_features)  # positions a chunk: ~LOSS_CHUNK logits
+        total = sum(torch.utils.checkpoint.checkpoint(self._loss_sum, h[i:i + n], t[i:i + n], use_reentrant=False)
+                    for i in range(0, len(t), n))
+        return total / (t != -100).sum()  # the mean over counted positions, as F.cross_entropy's
+
+    def _loss_sum(self, h, t):
+        return F.cross_entropy(self.lm_head(h).float(), t, ignore_index=-100, reduction='sum')
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, never_decay=()):
         """AdamW with weight decay on matrices (embeddings, Linear weights) only: decaying

@@ -35,12 +35,12 @@ def orthogonalize(g, steps=5):
 
 class MuonAdamW(torch.optim.Optimizer):
     """Groups with muon=True: Nesterov momentum, orthogonalized, scaled by sqrt(max(1, rows/cols))
-    so that tall and wide matrices move alike; `split` cuts a fused matrix along its rows into
-    parts orthogonalized on their own (q, k and v of the fused qkv). Other groups: AdamW."""
+    so that tall and wide matrices move alike; `split` (row counts) cuts a fused matrix into parts
+    orthogonalized on their own (q, k and v of the fused qkv). Other groups: AdamW."""
 
     def __init__(self, groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5):
         defaults = dict(lr=lr, lr_scale=1.0, betas=betas, eps=eps, weight_decay=0.0, momentum=momentum,
-                        ns_steps=ns_steps, muon=False, split=1)
+                        ns_steps=ns_steps, muon=False, split=[])
         super().__init__(groups, defaults)
 
     @torch.no_grad()
@@ -50,28 +50,27 @@ class MuonAdamW(torch.optim.Optimizer):
             (self._muon if group['muon'] else self._adamw)(group, params)
 
     def _muon(self, group, params):
-        mu, k, lr = group['momentum'], group['split'], group['lr']
-        updates = []
-        for p in params:
+        mu, lr = group['momentum'], group['lr']
+        pieces = []  # (index of the parameter, one matrix of its update)
+        for i, p in enumerate(params):
             state = self.state[p]
             if not state:
                 state['momentum_buffer'] = torch.zeros_like(p)
             state['momentum_buffer'].lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * grad
-            u = p.grad.lerp(state['momentum_buffer'], mu).view(k, -1, p.size(-1))  # Nesterov; (k, rows/k, cols)
-            updates.append(u if u.size(-2) <= u.size(-1) else u.mT)  # wide: the iteration's s is the smaller square
+            update = p.grad.lerp(state['momentum_buffer'], mu)  # Nesterov: look one momentum step ahead
+            pieces += [(i, part) for part in update.split(group['split'] or p.size(0))]  # rows: q, k, v apart
         # Matrices of one shape are orthogonalized together, in one batch: the same arithmetic in a
         # few large matmuls instead of many small ones (on a CPU each costs a sync of its threads).
         shapes = {}
-        for i, u in enumerate(updates):
-            shapes.setdefault(tuple(u.shape[1:]), []).append(i)
-        for idx in shapes.values():
-            done = orthogonalize(torch.cat([updates[i] for i in idx]), group['ns_steps']).split(k)
-            for i, u in zip(idx, done):
-                updates[i] = u
-        for p, u in zip(params, updates):
-            u = (u if u.size(-2) * k == p.size(0) else u.mT).reshape(p.shape)
+        for j, (_, m) in enumerate(pieces):
+            shapes.setdefault(tuple(m.shape), []).append(j)
+        done = [None] * len(pieces)
+        for (rows, cols), js in shapes.items():
+            for j, m in zip(js, orthogonalize(torch.stack([pieces[j][1] for j in js]), group['ns_steps'])):
+                done[j] = m * max(1.0, rows / cols) ** 0.5  # tall matrices take larger steps (RMS ~ wide ones)
+        for i, p in enumerate(params):
             p.mul_(1 - lr * group['weight_decay'])
-            p.add_(u, alpha=-lr * max(1.0, p.size(0) / k / p.size(1)) ** 0.5)  # tall matrices: larger steps
+            p.add_(torch.cat([done[j] for j, (k, _) in enumerate(pieces) if k == i]), alpha=-lr)
 
     def _adamw(self, group, params):
         (b1, b2), lr = group['betas'], group['lr']
@@ -95,6 +94,8 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
     configure_optimizers; Muon's steps are normalized, so it needs none at these run lengths.
     Peak LRs are absolute; the LR schedule multiplies each group by lr / learning_rate.
     embed_lr: the token/position embeddings' own AdamW LR (0 = learning_rate)."""
+    c = model.cfg
+    hs = c.n_embd // c.n_head
     params = [p for p in model.parameters() if p.requires_grad]
     in_blocks = {id(p) for p in model.blocks.parameters()}
     embeds = {id(model.wte.weight)} | ({id(model.wpe.weight)} if model.wpe is not None else set())
@@ -103,8 +104,9 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
     muon = [p for p in params if id(p) in in_blocks and p.dim() == 2]
     groups = [
         dict(params=[p for p in muon if id(p) not in qkv], muon=True, lr_scale=muon_lr / learning_rate),
-        # q, k and v are separate transforms (fused for one matmul): orthogonalize each on its own
-        dict(params=[p for p in muon if id(p) in qkv], muon=True, lr_scale=muon_lr / learning_rate, split=1),
+        # q, k and v are three transforms fused for one matmul: each is orthogonalized on its own
+        dict(params=[p for p in muon if id(p) in qkv], muon=True, lr_scale=muon_lr / learning_rate,
+             split=[c.n_head * hs, c.n_kv_head * hs, c.n_kv_head * hs]),
         dict(params=[p for p in params if id(p) in embeds and not tied], weight_decay=weight_decay,
              lr_scale=(embed_lr or learning_rate) / learning_rate),
         dict(params=[p for p in params if id(p) not in in_blocks and p.dim() == 2 and (tied or id(p) not in embeds)],

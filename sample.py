@@ -8,7 +8,7 @@ Chat with a model fine-tuned by finetune_sft.py, in the template it was trained 
 
     python sample.py --out_dir=out-sft-poems --chat                 # multi-turn, in the terminal
     python sample.py --out_dir=out-sft-poems --chat --start="请以《春夜》为题，写一首诗。"   # one reply
-    python sample.py --out_dir=out-sft-poems --chat --system="你是一位唐代诗人。"
+    python sample.py --out_dir=out-sft-poems --chat --system="你是一位唐代诗人。"  # (the fine-tune's own, by default)
 
 The tokenizer travels inside the checkpoint, so no dataset or flag is needed to decode.
 """
@@ -31,7 +31,8 @@ init_from = ''            # '' = out_dir's checkpoint; 'hf:<folder>' = a Hugging
 ckpt = 'ckpt.pt'          # ckpt.pt (latest) or best.pt (lowest val loss)
 start = '\n'              # the prompt; FILE:path reads it from a file; '' starts from end-of-text
 chat = False              # talk in the chat template: multi-turn in the terminal, or one reply to --start
-system = ''               # --chat: a system prompt, e.g. --system="你是一位唐代诗人。"
+system = None             # --chat: a system prompt, e.g. --system="你是一位唐代诗人。"; default: the one the
+                          # fine-tune sampled with (finetune_sft.py's sample_system), as it was trained; '' = none
 num_samples = 3
 max_new_tokens = 200
 temperature = 0.8         # 0 = greedy; below 1 sharper, above 1 more random
@@ -52,7 +53,7 @@ bad = [f"{k}={v!r} (needs {need})" for k, v, ok, need in [
 if bad:
     die(', '.join(bad))
 
-model, tok_spec, _ = load_model(out_dir, ckpt, init_from)
+model, tok_spec, ck = load_model(out_dir, ckpt, init_from)
 model.to(device)
 if tok_spec is None:
     die(f"{out_dir}/{ckpt} has no tokenizer in it (made by something other than train.py?); it cannot be decoded")
@@ -106,6 +107,11 @@ if chat:
         _, im_end = chat_ids(tok)
     except ValueError as e:
         die(f"{init_from or os.path.join(out_dir, ckpt)} cannot chat: {e}; fine-tune it first (python finetune_sft.py ...)")
+    if system is None:
+        system = (ck.get('config') or {}).get('sample_system') or ''
+        if system:
+            print(f"(system prompt, as in fine-tuning: {system} -- --system='' for none)", file=sys.stderr)
+    system = str(system)
     block = model.cfg.block_size
     room = min(max_new_tokens, block // 2)  # tokens kept free for the reply: older turns are dropped to make them
     history = [{'role': 'system', 'content': system}] if system else []

@@ -17,7 +17,6 @@ script needs around its loop (DDP, signals, checkpoints, the log) is in common.p
 checkpoint.py; the loop itself is written out here.
 """
 import json
-import math
 import os
 import shlex
 import sys
@@ -69,6 +68,7 @@ min_lr = 1e-4
 max_iters = 2000
 warmup_iters = 100
 lr_decay_iters = 0        # 0 = max_iters
+cooldown_frac = 0.0       # > 0: hold the LR after warmup, then decay linearly over this last fraction (warmup-stable-decay)
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
@@ -93,7 +93,7 @@ device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1
 dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
                           # autocast if it has AVX512-BF16/AMX and a probe finds it faster, else float32; float32 on MPS
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
-gradient_checkpointing = False  # recompute each block's activations in backward: far less memory, ~1/3 more compute
+gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
@@ -111,6 +111,8 @@ if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_de
     die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip and sample_tokens must not be negative")
 if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
     die(f"beta1={beta1}, beta2={beta2}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
+if not 0 <= cooldown_frac <= 1:
+    die(f"cooldown_frac={cooldown_frac} must be in [0, 1]: the fraction of the run spent decaying the LR (0 = a cosine instead)")
 if min_lr > learning_rate:
     die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
 if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
@@ -304,7 +306,7 @@ model.train()
 start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
-    lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
+    lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters, cooldown_frac)
     for group in optimizer.param_groups:
         group['lr'] = lr * group.get('lr_scale', 1.0)  # (Muon's groups have their own peak: muon_lr)
     if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
@@ -329,20 +331,10 @@ while iter_num < max_iters:
     if env.ddp:
         torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
     loss_value = loss_sum.item()  # one sync per step; it also makes dt honest on GPU
-    if not math.isfinite(loss_value):
-        if not skip_nonfinite:
-            die(f"loss is {loss_value} at iter {iter_num}. Likely causes: learning_rate={learning_rate} too high, "
-                f"fp16 overflow (try dtype=bfloat16 or float32), or bad data. The last good checkpoint in {out_dir}/ is untouched; "
-                f"--skip_nonfinite=True skips such steps instead")
+    # clip, step, zero the gradients; a NaN/inf loss stops the run, or skips the step (skip_nonfinite)
+    if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
-    else:
-        if grad_clip:  # clip the true gradients: unscale them first under fp16
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.zero_grad(set_to_none=True)
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
@@ -356,10 +348,7 @@ while iter_num < max_iters:
     stop = common.should_stop(env)  # every process stops at the same step
     if stop:
         checkpoint()
-        launcher = f'torchrun --standalone --nproc_per_node={env.world}' if env.ddp else 'python'
-        args = shlex.join(a for a in sys.argv if not a.startswith('--init_from='))
-        say(f"stopped at iter {iter_num}; checkpoint saved to {out_dir}/ckpt.pt. Resume with: {launcher} {args} --init_from=resume")
-        common.leave(128 + stop)
+        common.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)

@@ -1,7 +1,7 @@
 # Teach the poem model of config/train_poems.py to answer: chat records in which the user gives a
 # title and the assistant writes the poem. Only the poems are learned (the loss masks the rest).
-#   python finetune_sft.py config/sft_poems.py
-#   python sample.py --out_dir=out-sft-poems --chat --start="请以《春夜》为题，写一首诗。"
+#   python finetune_sft.py config/sft_poems.py --data_file=tang-poems-chat.jsonl   # ~11 min on one CPU thread
+#   python sample.py --out_dir=out-sft-poems --chat --start="请以《春夜》为题，写一首诗。"   # (system prompt: sample_system)
 # The records are a local file, one a line:
 #   {"messages": [{"role": "system", "content": "你是一位唐代诗人。"},
 #                 {"role": "user", "content": "请以《春夜》为题，写一首诗。"}, {"role": "assistant", "content": "..."}]}
@@ -16,7 +16,9 @@ val_fraction = 0.05
 batch_size = 8
 learning_rate = 1e-3     # high for a fine-tune: this small model also goes on learning the poems themselves
 min_lr = 1e-4
-max_iters = 1200         # ~2 passes over the records; 600 iters gave verse 6% of the time, 1200 gave 26%
+max_iters = 2000         # ~3.4 passes over the records (~11 min on one CPU thread). Held-out titles answered in 5- or
+                         # 7-character verse ended by <|im_end|> (235 titles, one sample each, sample.py's defaults):
+                         # base 0%, 1200 iters 21% (49), 2000 iters 31% (73); learning_rate=3e-3 at 1200 gave 13%
 warmup_iters = 30
 eval_interval = 300
 eval_iters = 10

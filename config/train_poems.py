@@ -10,7 +10,8 @@
 out_dir = 'out-poems'
 dataset = 'poems'
 arch = 'llama'
-block_size = 128         # a poem is ~45 tokens (median), a chat turn with its prompt ~70: 90% fit whole
+block_size = 128         # a poem is ~45 tokens (median); in the SFT chat the prompt (system + request) takes ~64,
+                         # so 75% of the records fit whole and a reply has ~64 tokens (256 would fit all, at ~2x the time)
 batch_size = 8
 n_layer = 4
 n_head = 4

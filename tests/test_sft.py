@@ -189,12 +189,16 @@ def test_lora_merge_gives_the_same_logits():
 def test_a_short_run_lowers_the_masked_val_loss_and_chats(sft_base, tmp_path):
     base, chats = sft_base
     out = tmp_path / 'out'
-    p = sft(base, chats, out, '--max_iters=60', '--eval_interval=30', '--sample_prompt=what does the king see?')
+    p = sft(base, chats, out, '--max_iters=60', '--eval_interval=30', '--sample_prompt=what does the king see?',
+            '--sample_system=be brief.')
     val = val_losses(out)
     assert sorted(val) == [0, 30, 60] and val[60] < 0.6 * val[0], val  # iter 0 is the base model
     assert 'sample:\n> what does the king see?' in p.stdout
     s = run('sample.py', f'--out_dir={out}', '--chat', '--start=what does the king see?', '--num_samples=2', '--max_new_tokens=20')
     assert len(s.stdout.split('-' * 40)) == 2
+    assert 'system prompt, as in fine-tuning: be brief.' in s.stderr  # the prompt it was trained with, by default
+    s = run('sample.py', f'--out_dir={out}', '--chat', '--start=what does the king see?', '--num_samples=1', '--system=')
+    assert 'system prompt' not in s.stderr
     s = subprocess.run([sys.executable, str(ROOT / 'sample.py'), f'--out_dir={out}', '--chat', '--max_new_tokens=20'],
                        input='what does the cat see?\n/reset\nand then?\n', capture_output=True, text=True, timeout=120)
     assert s.returncode == 0 and s.stdout.count('> ') == 4 and 'Traceback' not in s.stderr  # 2 replies, then the end
@@ -239,7 +243,7 @@ def test_lora_on_gpt2_adds_the_chat_tokens_and_trains_only_adapters(sft_base, gp
     _, chats = sft_base
     out = tmp_path / 'out'
     sft(gpt2_base, chats, out, '--lora_rank=4', '--max_iters=8', '--eval_interval=8', '--eval_iters=1', '--batch_size=4',
-        '--learning_rate=1e-2')
+        '--learning_rate=1e-2', '--weight_decay=0.1')  # decay on: it must still leave the frozen rows alone
     base, ck = load_checkpoint(gpt2_base / 'ckpt.pt'), load_checkpoint(out / 'ckpt.pt')
     assert ck['tokenizer'] == {'kind': 'tiktoken', 'name': 'gpt2', 'extra_special': {'<|im_start|>': 50257, '<|im_end|>': 50258}}
     assert ck['model_config']['vocab_size'] == 50259 and ck['lora']['rank'] == 4

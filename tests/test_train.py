@@ -55,6 +55,12 @@ def test_lr_schedule_warmup_and_cosine(char_data, tmp_path):
     assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
     assert lrs[10] == pytest.approx(1e-3) and lrs[15] == pytest.approx(1e-4 + 0.5 * 0.9e-3)
     assert lrs[20] == lrs[29] == pytest.approx(1e-4)
+    # warmup-stable-decay: held at the peak after the warmup, then linear to min_lr over the last 40%
+    train(char_data, tmp_path / 'wsd', '--max_iters=20', '--eval_interval=100', '--warmup_iters=4', '--learning_rate=1e-3',
+          '--min_lr=1e-4', '--cooldown_frac=0.4', '--sample_prompt=')
+    lrs = {r['iter']: r['lr'] for r in map(json.loads, open(tmp_path / 'wsd' / 'log.jsonl')) if 'lr' in r}
+    assert lrs[3] == pytest.approx(1e-3 * 4 / 5) and lrs[4] == lrs[12] == pytest.approx(1e-3)
+    assert lrs[16] == pytest.approx(1e-4 + 0.5 * 0.9e-3) and lrs[19] == pytest.approx(1e-4 + 0.125 * 0.9e-3)
     # warmup equal to the decay horizon must not divide by zero (a nanoGPT bug)
     train(char_data, tmp_path / 'o2', '--max_iters=12', '--warmup_iters=12', '--eval_interval=100', '--sample_prompt=')
 
