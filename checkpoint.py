@@ -190,7 +190,11 @@ def restore_run(ckpt, env, model, optimizer, scaler, sampler, seed):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     optim_state = ckpt.get('optimizer')
     if optim_state and all(isinstance(k, str) for k in optim_state.get('state', {})):  # names as keys
+        settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
         set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+        for group, own in zip(optimizer.param_groups, settings):  # torch 2.13's loader lost Muon's list-valued
+            for k, v in own.items():                              # `split` (q/k/v row counts): restore what it drops
+                group.setdefault(k, v)
     elif optim_state:  # older checkpoints: torch's plain format (one process or DDP)
         optimizer.load_state_dict(optim_state)
     if ckpt.get('scaler'):  # empty when saved by a run without fp16 (a disabled GradScaler)
