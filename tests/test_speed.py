@@ -242,4 +242,4 @@ def test_bench_step_and_sample_modes_report_their_rows(tmp_path):
     run('bench.py', 'sample', *shape, '--prompt_tokens=4,20', '--new_tokens=8', f'--json={tmp_path / "g.json"}')
     rows = json.loads((tmp_path / 'g.json').read_text())['rows']
     assert [(r['prompt'], r['kv cache']) for r in rows] == [(4, True), (4, False), (20, True), (20, False)]
-    assert all(r['new tokens'] == 8 for r in rows) and rows[0]['cache speedup'] > 0
+    assert all(r['new tokens'] == 8 for r in rows) and all(isinstance(rows[i]['cache speedup'], float) for i in (0, 2))
