@@ -2,7 +2,7 @@
 Muon for the matrices inside the blocks, AdamW for everything else, in one optimizer:
 
     python train.py config/train_shakespeare_char.py            # the speedrun recipe uses it
-    python train.py config/train_verdict.py --optimizer=muon    # any run can
+    python train.py config/train_verdict.py --muon=True         # any run can
 
 Muon (Keller Jordan, 2024) keeps a momentum of each weight matrix's gradient and replaces it by
 the nearest semi-orthogonal matrix before stepping: every direction the gradient spans moves by
@@ -90,8 +90,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0, momentum=0.95):
     """The optimizer for a GPT (model.py): Muon on the 2-D weights inside the blocks, AdamW on the
-    rest. AdamW's matrices outside the blocks (embeddings, output layer) get weight_decay, as with
-    configure_optimizers; Muon's steps are normalized, so it needs none at these run lengths.
+    rest. Every matrix gets weight_decay (decoupled: w -= lr * weight_decay * w each step), Muon's
+    too: its steps have a fixed size whatever the gradient, and decay is what pulls the weights
+    back (the speedrun ends a little lower with it: README, Performance); norms and biases get none.
     Peak LRs are absolute; the LR schedule multiplies each group by lr / learning_rate.
     embed_lr: the token/position embeddings' own AdamW LR (0 = learning_rate)."""
     c = model.cfg
@@ -103,9 +104,9 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
     qkv = {id(b.attn.qkv.weight) for b in model.blocks}
     muon = [p for p in params if id(p) in in_blocks and p.dim() == 2]
     groups = [
-        dict(params=[p for p in muon if id(p) not in qkv], muon=True, lr_scale=muon_lr / learning_rate),
+        dict(params=[p for p in muon if id(p) not in qkv], muon=True, lr_scale=muon_lr / learning_rate, weight_decay=weight_decay),
         # q, k and v are three transforms fused for one matmul: each is orthogonalized on its own
-        dict(params=[p for p in muon if id(p) in qkv], muon=True, lr_scale=muon_lr / learning_rate,
+        dict(params=[p for p in muon if id(p) in qkv], muon=True, lr_scale=muon_lr / learning_rate, weight_decay=weight_decay,
              split=[c.n_head * hs, c.n_kv_head * hs, c.n_kv_head * hs]),
         dict(params=[p for p in params if id(p) in embeds and not tied], weight_decay=weight_decay,
              lr_scale=(embed_lr or learning_rate) / learning_rate),

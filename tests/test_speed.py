@@ -177,6 +177,27 @@ def test_muon_update_is_orthogonal_and_scaled():
         assert not torch.equal(p, b)
 
 
+def test_weight_decay_shrinks_every_matrix_muons_too():
+    """One step with weight_decay=0.5 against one with 0: each matrix (Muon's and AdamW's) ends
+    lr * 0.5 * w lower, norms and biases not at all."""
+    from optim import muon_adamw
+    x, y = torch.randint(V, (2, 32)), torch.randint(V, (2, 32))
+    after = {}
+    for wd in (0.0, 0.5):
+        model = tiny('llama')  # the same weights both times
+        opt = muon_adamw(model, 1e-3, 0.02, wd, (0.9, 0.95))
+        model(x, y)[1].backward()
+        for group in opt.param_groups:
+            group['lr'] = 1e-3 * group['lr_scale']
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+        after[wd] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, w in before.items():
+        lr = 0.02 if n.startswith('blocks.') else 1e-3
+        shrink = lr * 0.5 * w if w.dim() == 2 else torch.zeros_like(w)
+        torch.testing.assert_close(after[0.0][n] - after[0.5][n], shrink, rtol=1e-3, atol=1e-7)
+
+
 def test_muon_orthogonalizes_q_k_and_v_each_on_its_own():
     """The fused qkv weight of a grouped-query model (q: 32 rows, k and v: 16 each) steps by three
     orthogonalized matrices, not by one orthogonalized 64-row matrix."""
