@@ -79,8 +79,16 @@ def load_checkpoint(path):
                          f"if best.pt or a ckpt_<iter>.pt sits beside it, copy that over it") from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt or 'model_config' not in ckpt:
         raise ValueError(f"{path} is not a nanolm checkpoint (no model or model_config in it)")
-    ckpt['model'] = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in ckpt['model'].items()}
+    for key in ('model', 'ema'):
+        if key in ckpt:
+            ckpt[key] = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in ckpt[key].items()}
     return ckpt
+
+
+def weights(ckpt):
+    """The weights a checkpoint stands for: their moving average if the run kept one (train.py's
+    ema_decay: the weights its evals scored), else the trained weights themselves."""
+    return ckpt.get('ema') or ckpt['model']
 
 
 def start_run(out_dir, init_from, overwrite):
@@ -138,7 +146,7 @@ def check_resume(ckpt, where, mcfg, tok_spec):
 def resume_notes(ckpt, config, world):
     """What differs from the run's own settings, in words; may set config['lr_decay_iters']."""
     old = ckpt.get('config', {})
-    changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate')
+    changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate', 'ema_decay')
                if k in old and k in config and old[k] != config[k]]
     if not config.get('lr_decay_iters') and old.get('max_iters', config['max_iters']) != config['max_iters']:
         # The cosine ends at max_iters; stretching it now would send the LR back up. Keep the
@@ -233,7 +241,7 @@ def load_model(out_dir, ckpt_name='ckpt.pt', init_from='', block_size=None):
     if lora:
         add_lora(model, lora['rank'], lora['alpha'], 0.0, lora['targets'])
     # a finetune_cls.py classifier also holds its head (score.weight): not part of the language model
-    model.load_state_dict({k: v for k, v in ckpt['model'].items() if not k.startswith('score.')})
+    model.load_state_dict({k: v for k, v in weights(ckpt).items() if not k.startswith('score.')})
     if lora:
         merge_lora(model)
     return model.eval(), ckpt.get('tokenizer'), ckpt

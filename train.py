@@ -74,6 +74,7 @@ beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0           # 0 = off
 skip_nonfinite = False    # skip (and count) steps whose loss is NaN/inf instead of stopping
+ema_decay = 0.0           # > 0 (e.g. 0.98): eval, best.pt and sampling use a moving average of the weights (less noisy)
 # eval, logging, checkpoints
 eval_interval = 250
 eval_iters = 20           # batches per split per eval
@@ -119,6 +120,10 @@ if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
     die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
 if fsdp and 'RANK' not in os.environ:
     die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
+if not 0 <= ema_decay < 1:
+    die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
+if fsdp and ema_decay:
+    die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
 if fsdp and muon:
     die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
 
@@ -224,8 +229,35 @@ if ckpt is not None:
         # this CPU's bf16 probe (timed, so it can go either way near the line) chose otherwise than when the run began
         common.set_dtype(env, ckpt['dtype'])
         say(f"dtype: {env.dtype}, as the run was started (exact resume)")
-    del ckpt
 peak_flops = peak_flops or common.peak_flops(env)
+# The weights' moving average (ema_decay > 0): after every step ema += (1 - d) * (weights - ema), with
+# d = min(ema_decay, (1 + t) / (10 + t)) so the first steps don't drag the random init along. The
+# optimizer steps the weights as ever; eval, best.pt, the sample and sample.py see the average, which
+# smooths out the noise a high LR puts into the weights (the speedrun: README, Performance).
+ema = None
+if ema_decay:
+    saved = ckpt.get('ema') if ckpt is not None else None
+    if ckpt is not None and saved is None:
+        say("note: the checkpoint has no weight average (ema_decay was 0); it starts from the current weights")
+    ema = [(saved[name].to(device) if saved else p.detach()).clone() for name, p in raw_model.named_parameters()]
+del ckpt
+
+
+@torch.no_grad()
+def swap_ema():
+    """Exchange the weights and their average, in place: twice puts everything back."""
+    for p, e in zip(raw_model.parameters(), ema):
+        live = p.detach().clone()
+        p.copy_(e)
+        e.copy_(live)
+
+
+def ema_state():
+    """The average as a whole state_dict (tied weights under both names): what sample.py loads."""
+    swap_ema()
+    state = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
+    swap_ema()
+    return state
 
 
 @torch.no_grad()
@@ -276,12 +308,16 @@ def estimate_loss():
 def checkpoint(is_best=False):
     save_run(env, out_dir, raw_model, optimizer, scaler, sampler, keep_last_n, is_best, model_config=asdict(mcfg),
              config=config, tokenizer=tok_spec, base_model=base_model, iter_num=iter_num, best_val=best_val, skipped=skipped,
-             last_eval=last_eval, dtype=env.dtype)
+             last_eval=last_eval, dtype=env.dtype, **({'ema': ema_state()} if ema else {}))
 
 
 def eval_and_checkpoint():
     global best_val, last_eval
+    if ema:
+        swap_ema()  # score the average ...
     losses = estimate_loss()
+    if ema:
+        swap_ema()  # ... and train on the weights
     say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
     last_eval, is_best, best_val = iter_num, losses['val'] < best_val, min(best_val, losses['val'])
@@ -335,6 +371,10 @@ while iter_num < max_iters:
     if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
+    if ema:  # the average moves (1 - d) of the way to the new weights
+        d = min(ema_decay, (1 + iter_num) / (10 + iter_num))
+        for e, p in zip(ema, raw_model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
@@ -364,6 +404,8 @@ if env.master and finished:
             say(f"note: sample_prompt cannot be encoded ({e}); sampling from end-of-text instead")
             ids = [tok.eot]
         raw_model.eval()
+        if ema:
+            swap_ema()  # the sample comes from the weights the last eval scored
         with torch.no_grad(), env.autocast:
             out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200,
                                      stop_tokens={tok.eot}, generator=torch.Generator(device).manual_seed(seed))

@@ -316,6 +316,17 @@ def test_weight_refusals(tmp_path, monkeypatch):
         hf.load_hf(str(tmp_path))
 
 
+def test_export_writes_the_weight_average_when_the_run_kept_one(tmp_path, bpe_spec):
+    """A train.py run with ema_decay > 0 is scored on its weights' average: that is what gets exported."""
+    need('safetensors')
+    _, ck = checkpoint('gpt2', bpe_spec)
+    ck['ema'] = {k: v + 0.01 for k, v in ck['model'].items()}  # (tied weights stay equal)
+    hf.export_hf(ck, tmp_path)
+    _, state, _ = hf.load_hf(str(tmp_path))
+    assert all(torch.equal(state[k], v) for k, v in ck['ema'].items())
+    assert not torch.equal(state['wte.weight'], ck['model']['wte.weight'])
+
+
 def test_export_refusals(tmp_path, bpe_spec):
     for arch, kw, words in [('gpt2', {'pos_emb': 'rope'}, 'pos_emb=rope'), ('gpt2', {'n_kv_head': 2}, 'n_kv_head=2'),
                             ('llama', {'norm': 'layernorm'}, 'norm=layernorm')]:

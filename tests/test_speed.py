@@ -1,6 +1,7 @@
 """The speed features do what they say, and change nothing else: gradient checkpointing, bf16
 autocast on a CPU (and the auto choice), the KV cache, sample.py's incremental decode, the whole-
-split val loss, Muon (its update, and exact resume, alone and under DDP), bench.py's modes.
+split val loss, Muon (its update, and exact resume, alone and under DDP), the weights' moving
+average (ema_decay), bench.py's modes.
 No timing assertions here: bench.py measures speed; these tests check behaviour."""
 import json
 import os
@@ -241,6 +242,53 @@ def test_muon_under_ddp_trains_the_same_model_and_resumes(char_data, tmp_path):
     run('train.py', *args, '--batch_size=8', f'--out_dir={tmp_path / "two"}', '--init_from=resume')
     one, two = ([r['loss'] for r in step_log(tmp_path / d) if 'loss' in r] for d in ('one', 'two'))
     assert two == pytest.approx(one, rel=1e-4)
+
+
+def full_val(model, data_dir, block_size):
+    """Mean loss over the val split, every token once, in windows of block_size: train.py's
+    eval_full_val, written out again here."""
+    d = torch.from_numpy(np.fromfile(data_dir / 'tiny' / 'val.bin', dtype=np.uint16).astype(np.int64))
+    total, n = 0.0, len(d) - 1
+    with torch.no_grad():
+        for i in range(0, n, block_size):
+            x, y = d[i:min(i + block_size, n)][None], d[i + 1:min(i + block_size, n) + 1][None]
+            total += model(x, y)[1].item() * y.numel()
+    return total / n
+
+
+def test_weight_average_is_scored_saved_and_loaded_and_leaves_training_alone(char_data, tmp_path):
+    """ema_decay: the weights step exactly as without it; the log's val loss is the average's, and the
+    average is what load_model (sample.py, export) gives. Its first step is checked by hand."""
+    args = [*TINY, f'--data_dir={char_data}', '--eval_interval=3', '--eval_full_val=True', '--sample_prompt=']
+    run('train.py', *args, '--max_iters=0', f'--out_dir={tmp_path / "init"}')
+    run('train.py', *args, '--max_iters=1', '--ema_decay=0.9', f'--out_dir={tmp_path / "one"}')
+    w0, one = load_checkpoint(tmp_path / 'init' / 'ckpt.pt')['model'], load_checkpoint(tmp_path / 'one' / 'ckpt.pt')
+    # step 0 averages with d = min(0.9, 1/10): 0.1 of the initial weights, 0.9 of the new ones
+    for k, w1 in one['model'].items():
+        assert torch.allclose(one['ema'][k], 0.1 * w0[k] + 0.9 * w1, atol=1e-6), k
+    run('train.py', *args, '--max_iters=9', '--ema_decay=0.9', f'--out_dir={tmp_path / "ema"}')
+    run('train.py', *args, '--max_iters=9', f'--out_dir={tmp_path / "plain"}')
+    ema, plain = (load_checkpoint(tmp_path / d / 'ckpt.pt') for d in ('ema', 'plain'))
+    assert 'ema' not in plain
+    assert all(torch.equal(ema['model'][k], v) for k, v in plain['model'].items())  # the same training
+    assert not torch.allclose(ema['ema']['wte.weight'], ema['model']['wte.weight'])
+    model, _, _ = load_model(tmp_path / 'ema')
+    assert all(torch.equal(v, ema['ema'][k]) for k, v in model.state_dict().items())
+    vals = [r['val_loss'] for r in step_log(tmp_path / 'ema') if 'val_loss' in r]
+    assert vals[-1] == pytest.approx(full_val(model, char_data, 32), rel=1e-5)
+    assert vals != [r['val_loss'] for r in step_log(tmp_path / 'plain') if 'val_loss' in r]
+
+
+def test_weight_average_resumes_exactly(char_data, tmp_path):
+    args = [*TINY, f'--data_dir={char_data}', '--ema_decay=0.9', '--dropout=0.1', '--max_iters=12',
+            '--lr_decay_iters=12', '--eval_interval=6', '--sample_prompt=']
+    run('train.py', *args, f'--out_dir={tmp_path / "ref"}')
+    run('train.py', *args, f'--out_dir={tmp_path / "two"}', '--max_iters=6')
+    run('train.py', *args, f'--out_dir={tmp_path / "two"}', '--init_from=resume')
+    strip = lambda rows: [{k: v for k, v in r.items() if k != 'dt'} for r in rows]
+    assert strip(step_log(tmp_path / 'two')) == strip(step_log(tmp_path / 'ref'))  # val losses: the average's
+    ref, two = (load_checkpoint(tmp_path / d / 'ckpt.pt')['ema'] for d in ('ref', 'two'))
+    assert all(torch.equal(two[k], v) for k, v in ref.items())
 
 
 def test_bench_reads_time_to_a_loss_from_a_log(tmp_path):
