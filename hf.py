@@ -527,8 +527,7 @@ def export_hf(ckpt, out_folder, dtype=None):
     Everything is checked before the first file is written. Returns the names written."""
     cfg = ModelConfig.from_dict(ckpt['model_config'])
     family = family_of(cfg)
-    from checkpoint import weights  # (here, not at the top: importing hf alone stays light)
-    state = weights(ckpt)  # the weights' average, if the run kept one (train.py's ema_decay)
+    state = ckpt.get('ema') or ckpt['model']  # the weights' average, if the run kept one (train.py's ema_decay)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or state['wte.weight'].dtype
     if 'tokenizer' not in ckpt:
         raise ValueError("the checkpoint has no tokenizer; an HF folder without one is of little use, export refused")
