@@ -158,7 +158,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             cos, sin = rope
-            q, k = apply_rope(q, cos[pos:pos + T], sin[pos:pos + T]), apply_rope(k, cos[pos:pos + T], sin[pos:pos + T])
+            at = pos.view(B, 1, 1) if torch.is_tensor(pos) else slice(pos, pos + T)  # per row (decode_rows) or (T,)
+            q, k = apply_rope(q, cos[at], sin[at]), apply_rope(k, cos[at], sin[at])
+        if torch.is_tensor(pos):
+            return self.decode_rows(q, k, v, cache, pos)
         if cache is not None:
             # cache = (k_all, v_all), each (B, nkv, block_size, hs): write this step, read everything so far.
             cache[0][:, :, pos:pos + T] = k
@@ -177,6 +180,19 @@ class Attention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return F.dropout(self.o_proj(y), self.dropout, self.training)
+
+    def decode_rows(self, q, k, v, cache, pos):
+        """GPT.decode_rows's attention: q, k, v (B, nh or nkv, 1, hs), one new token per row, row b at
+        position pos[b]; cache (B, nkv, L, hs) holds each row's earlier tokens, zeros after them."""
+        B, S = q.size(0), int(pos.max()) + 1
+        rows = torch.arange(B, device=q.device)
+        cache[0][rows, :, pos], cache[1][rows, :, pos] = k[:, :, 0], v[:, :, 0]  # (B, nkv, hs) into slot pos[b]
+        k, v = cache[0][:, :, :S], cache[1][:, :, :S]  # (B, nkv, S, hs)
+        if self.nkv != self.nh:
+            k, v = k.repeat_interleave(self.nh // self.nkv, dim=1), v.repeat_interleave(self.nh // self.nkv, dim=1)
+        seen = (torch.arange(S, device=q.device) <= pos[:, None]).view(B, 1, 1, S)  # a row sees only its own tokens
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)  # (B, nh, 1, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, 1, -1))
 
 
 class MLP(nn.Module):
@@ -363,6 +379,20 @@ class GPT(nn.Module):
             done |= torch.isin(next_id, stop)
             if done.all():
                 return
+
+    @torch.no_grad()
+    def decode_rows(self, idx, cache, pos):
+        """One decoding step for sequences of different lengths at once (serve.py's batches): idx (B, 1)
+        the next token of each row, pos (B,) its position, cache from new_cache(B, ...) holding row b's
+        first pos[b] tokens. -> logits (B, V). stream() is the one-sequence path; this one gives the
+        same tokens (tests/test_serve.py), each row masked to its own length."""
+        x = self.wte(idx)  # (B, 1, C)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)[:, None]  # (B, 1, C): each row's own position
+        rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
+        for block, layer_cache in zip(self.blocks, cache):
+            x = block(x, rope, layer_cache, pos)
+        return self.lm_head(self.ln_f(x))[:, -1]  # (B, V)
 
     def generate(self, idx, max_new_tokens, **kw):
         """Like stream(), but returns the prompt with the new tokens appended: (B, T + new)."""
