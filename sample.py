@@ -12,7 +12,6 @@ Chat with a model fine-tuned by finetune_sft.py, in the template it was trained 
 
 The tokenizer travels inside the checkpoint, so no dataset or flag is needed to decode.
 """
-import codecs
 import os
 import sys
 
@@ -71,16 +70,7 @@ if start.startswith('FILE:'):
 gen = torch.Generator(device).manual_seed(seed)
 
 
-def text_decoder(tok):
-    """-> feed(id): the text that token completes; feed() at the end: what is left. Each token is
-    decoded once as it comes (decoding the whole reply again at every token costs time that grows
-    with its length). A token can end inside a UTF-8 character: tiktoken's bytes go through an
-    incremental UTF-8 decoder, which holds such a character back until its last byte arrives, so
-    the pieces add up to exactly tok.decode(all ids). A char tokenizer's token is one character."""
-    if tok.kind != 'tiktoken':
-        return lambda t=None: '' if t is None else tok.decode([t])
-    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # 'replace', as tiktoken's decode
-    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(tok.enc.decode_single_token_bytes(t))
+text_decoder = tokenizer.text_decoder  # (in tokenizer.py: serve.py decodes its streams the same way)
 
 
 def write_reply(ids, max_new, stop):

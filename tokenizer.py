@@ -23,6 +23,7 @@ A tokenizer is described by a small JSON "spec" dict, stored in data/<name>/meta
 portable_spec() inlines the ranks file ("ranks": its text) so a checkpoint can carry it.
 """
 import base64
+import codecs
 import heapq
 import json
 import os
@@ -346,3 +347,15 @@ def read_spec(path):
     ranks_from_text(spec['ranks'], where=str(ranks_path))  # check now, with a message naming the file
     load(spec)
     return spec
+
+
+def text_decoder(tok):
+    """-> feed(id): the text that token completes; feed() at the end: what is left. Each token is
+    decoded once as it comes (decoding the whole reply again at every token costs time that grows
+    with its length). A token can end inside a UTF-8 character: tiktoken's bytes go through an
+    incremental UTF-8 decoder, which holds such a character back until its last byte arrives, so
+    the pieces add up to exactly tok.decode(all ids). A char tokenizer's token is one character."""
+    if tok.kind != 'tiktoken':
+        return lambda t=None: '' if t is None else tok.decode([t])
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # 'replace', as tiktoken's decode
+    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(tok.enc.decode_single_token_bytes(t))
