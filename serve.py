@@ -382,23 +382,26 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
         s = Seq(ids, max_new, stop_ids, opts['temperature'], opts['top_k'], opts['top_p'], gen, post)
         if not engine.submit(s):
             raise ApiError(429, f"the server is busy ({engine.max_queue} requests waiting); retry in a moment",
-                           'rate_limit_error', code='queue_full', headers={'Retry-After': '1'})
+                           code='queue_full', kind='rate_limit_error', headers={'Retry-After': '1'})
         return s, events
 
     async def pieces(s, events, stops, request):
         """The reply's text as it comes: yields (text, None) pieces, then ('', finish_reason). Stop
         strings cut it (and end the sequence); a client that went away cancels it."""
         feed, text, sent, finish = tokenizer.text_decoder(tok), '', 0, None
+        checked = time.monotonic()
         try:
             while finish is None:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
-                except asyncio.TimeoutError:  # still queued, or a slow step: is anyone still listening?
+                if time.monotonic() - checked > 0.25:  # a stream's client going away cancels this coroutine;
+                    checked = time.monotonic()          # a plain request's must be asked now and then
                     if await request.is_disconnected():
                         return
+                try:
+                    kind, value = await asyncio.wait_for(events.get(), timeout=0.25)
+                except asyncio.TimeoutError:  # still queued, or a slow step
                     continue
                 if kind == 'error':
-                    raise ApiError(500, value, 'server_error')
+                    raise ApiError(500, value, kind='server_error')
                 if kind == 'token':
                     s.n_text += 1
                     text += feed(value)
