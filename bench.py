@@ -9,6 +9,7 @@ No assertions: benchmarks report, tests check.
     python bench.py sample --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --prompt_tokens=200 --new_tokens=500
     python bench.py log out-shakespeare-char --target_loss=1.886,1.6
     python bench.py prepare ../shared/data/tinyshakespeare.txt --tokenizer=gpt2
+    python bench.py serve --clients=1,4,8 --new_tokens=64                       # or --out_dir=out-sft-poems
 
 train    runs train.py itself in a temporary out_dir (arguments after `train` go to it unchanged,
          with --eval_full_val=True unless given) and reads its log.jsonl: median ms/iter and
@@ -25,6 +26,10 @@ sample   generation tokens/s with and without the KV cache for each --prompt_tok
          from a checkpoint (--out_dir) or from random weights of a shape (--n_layer=... etc.).
 log      time to each --target_loss, final val loss and ms/iter, read from a finished run's
          log.jsonl (a folder or the file itself).
+serve    serve.py in a child process and 1, 4, 8 (--clients) concurrent streaming clients, each
+         sending --requests completions of --new_tokens: time to first token and aggregate tokens/s.
+         From --out_dir / --init_from, or random weights of a shape (default 6 layers, 384 wide,
+         block 512, GPT-2's vocabulary); --dtype, --device, --ckpt go to serve.py.
 prepare  prepare.py's encode rate (MB/s, tokens/s, peak RSS) on the files given, with 1 and 2
          workers, and BPE training time (--bpe_vocab=4096,16384) beside Hugging Face
          `tokenizers` when that is installed.
@@ -312,6 +317,90 @@ def bench_sample(args):
     return rows
 
 
+SERVE_SHAPE = dict(arch='gpt2', n_layer=6, n_head=6, n_embd=384, block_size=512)  # ~30M parameters, GPT-2's vocabulary
+
+
+def bench_serve(args):
+    """serve.py itself in a child process (as a user runs it), then rounds of N concurrent streaming
+    clients (asyncio + httpx here): each sends --requests completions in turn, --new_tokens each,
+    at temperature 1 with end-of-text as the only stop (a random model rarely writes it). Time to
+    first token is from sending a request to its first piece of text; aggregate tokens/s is all
+    tokens generated in the round over the round's wall time."""
+    import asyncio
+    import torch
+    from dataclasses import asdict
+    try:
+        import httpx
+    except ImportError:
+        die("bench.py serve needs httpx (and serve.py fastapi, uvicorn): pip install httpx fastapi uvicorn")
+    from model import GPT, make_config
+    out_dir, init_from = take(args, 'out_dir', ''), take(args, 'init_from', '')
+    clients, new = take_list(args, 'clients', '1,4,8', int), take(args, 'new_tokens', 64, int)
+    per_client, prompt_len = take(args, 'requests', 3, int), take(args, 'prompt_tokens', 16, int)
+    serve_args = [a for a in args if a.split('=')[0] in ('--dtype', '--device', '--max_batch', '--ckpt')]
+    shape = {k: take(args, k, v, type(v)) for k, v in SERVE_SHAPE.items()}
+    args = [a for a in args if a not in serve_args]
+    if args:
+        die(f"bench.py serve: unknown {' '.join(args)}")
+    tmp = tempfile.TemporaryDirectory()
+    if not (out_dir or init_from):  # speed does not depend on the weights: a random model of the shape asked for
+        torch.manual_seed(0)
+        cfg = make_config(shape.pop('arch'), vocab_size=50304, **shape)
+        out_dir = tmp.name
+        torch.save({'model': GPT(cfg).state_dict(), 'model_config': asdict(cfg), 'config': {},
+                    'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}, os.path.join(out_dir, 'ckpt.pt'))
+    cmd = [sys.executable, os.path.join(ROOT, 'serve.py'), f'--out_dir={out_dir}', f'--init_from={init_from}', '--port=0',
+           f'--max_batch={max(clients)}', *serve_args]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = None
+    for line in server.stdout:  # serve.py prints its URLs once it listens
+        if line.startswith('API:'):
+            url = line.split()[1]
+            break
+    if url is None:
+        die(f"serve.py did not start: {server.stderr.read().strip()[-500:]}")
+    prompt = ' '.join(['the'] * prompt_len)  # one GPT-2 token per word
+
+    async def one(client, ttfts):
+        body = {'prompt': prompt, 'max_tokens': new, 'temperature': 1.0, 'stream': True, 'stream_options': {'include_usage': True}}
+        t0, n = time.perf_counter(), 0
+        async with client.stream('POST', url + '/completions', json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith('data: {'):
+                    continue
+                event = json.loads(line[6:])
+                if event.get('usage'):
+                    n = event['usage']['completion_tokens']
+                elif t0 is not None and event['choices'] and event['choices'][0]['text']:  # the first text
+                    ttfts.append(time.perf_counter() - t0)
+                    t0 = None
+        return n
+
+    async def round_of(k):
+        ttfts = []
+        async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+            async def user():
+                return sum([await one(client, ttfts) for _ in range(per_client)])
+            t0 = time.perf_counter()
+            tokens = sum(await asyncio.gather(*(user() for _ in range(k))))
+            return tokens, time.perf_counter() - t0, ttfts
+    rows = []
+    try:
+        asyncio.run(round_of(1))  # warm-up, untimed
+        for k in clients:
+            tokens, dt, ttfts = asyncio.run(round_of(k))
+            rows.append({'mode': 'serve', 'clients': k, 'requests': k * per_client, 'tokens': tokens,
+                         'ttft median ms': round(1000 * statistics.median(ttfts), 1), 'ttft max ms': round(1000 * max(ttfts), 1),
+                         'aggregate tokens/s': round(tokens / dt, 1), 'per client tokens/s': round(tokens / dt / k, 1)})
+        for r in rows:
+            r['vs 1 client'] = round(r['aggregate tokens/s'] / rows[0]['aggregate tokens/s'], 2)
+    finally:
+        server.terminate()
+        server.wait(30)
+        tmp.cleanup()
+    return rows
+
+
 def _peak_rss_mb():
     """The peak RSS of this process or of any child it waited for (the encoding workers), in MB."""
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -421,7 +510,8 @@ if __name__ == '__main__':
     if argv[:1] == ['_step']:  # bench.py step runs each combination in a fresh process of its own
         _step_child(json.loads(argv[1]))
         sys.exit(0)
-    modes = {'train': bench_train, 'step': bench_step, 'sample': bench_sample, 'log': bench_log, 'prepare': prepare_mode}
+    modes = {'train': bench_train, 'step': bench_step, 'sample': bench_sample, 'log': bench_log, 'prepare': prepare_mode,
+             'serve': bench_serve}
     if not argv or argv[0] not in modes:
         print(__doc__.strip())
         sys.exit(0 if argv[:1] in (['-h'], ['--help']) else 2)

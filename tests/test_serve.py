@@ -114,9 +114,10 @@ def test_stop_text_holds_back_what_may_start_a_stop_string():
 # ----------------------------------------------------------------------------- the API in-process
 
 @pytest.fixture(scope='module')
-def loaded(chat_dir):
+def loaded(request):
     pytest.importorskip('fastapi')
-    pytest.importorskip('httpx')
+    pytest.importorskip('httpx')  # (first: without them no model is trained for nothing)
+    chat_dir = request.getfixturevalue('chat_dir')
     return serve.setup(str(chat_dir), device='cpu', dtype='float32')  # (model, tok, env, name, system)
 
 
@@ -137,7 +138,8 @@ def chat(client, content, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('system', [None, 'you write poems.'])
-def test_a_greedy_reply_is_the_one_sample_py_chat_gives(client, chat_dir, system):
+def test_a_greedy_reply_is_the_one_sample_py_chat_gives(client, request, system):
+    chat_dir = request.getfixturevalue('chat_dir')
     s = run('sample.py', f'--out_dir={chat_dir}', '--chat', f'--start={QUESTION}', '--num_samples=1', '--max_new_tokens=30',
             '--temperature=0', '--device=cpu', '--dtype=float32', *([f'--system={system}'] if system else []))
     assert ('system prompt, as in fine-tuning: be brief.' in s.stderr) == (system is None)
@@ -436,10 +438,11 @@ def read_until(p, marker, timeout=120):
 
 
 @pytest.mark.slow
-def test_the_script_prints_its_urls_wants_the_key_and_stops_on_sigterm(chat_dir, no_proxy):
+def test_the_script_prints_its_urls_wants_the_key_and_stops_on_sigterm(request, no_proxy):
     httpx = pytest.importorskip('httpx')
     pytest.importorskip('fastapi')
     pytest.importorskip('uvicorn')
+    chat_dir = request.getfixturevalue('chat_dir')
     p = subprocess.Popen([sys.executable, str(ROOT / 'serve.py'), f'--out_dir={chat_dir}', '--port=0', '--device=cpu'],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, 'NANOLM_API_KEY': 'k3y'})
