@@ -351,14 +351,16 @@ def bench_serve(args):
                     'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}, os.path.join(out_dir, 'ckpt.pt'))
     cmd = [sys.executable, os.path.join(ROOT, 'serve.py'), f'--out_dir={out_dir}', f'--init_from={init_from}', '--port=0',
            f'--max_batch={max(clients)}', *serve_args]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = open(os.path.join(tmp.name, 'serve.err'), 'w+')  # read back if it fails
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     url = None
     for line in server.stdout:  # serve.py prints its URLs once it listens
         if line.startswith('API:'):
             url = line.split()[1]
             break
     if url is None:
-        die(f"serve.py did not start: {server.stderr.read().strip()[-500:]}")
+        err.seek(0)
+        die(f"serve.py did not start: {err.read().strip()[-500:]}")
     prompt = ' '.join(['the'] * prompt_len)  # one GPT-2 token per word
 
     async def one(client, ttfts):
@@ -394,9 +396,13 @@ def bench_serve(args):
                          'aggregate tokens/s': round(tokens / dt, 1), 'per client tokens/s': round(tokens / dt / k, 1)})
         for r in rows:
             r['vs 1 client'] = round(r['aggregate tokens/s'] / rows[0]['aggregate tokens/s'], 2)
+    except httpx.HTTPError as e:
+        err.seek(0)
+        die(f"bench.py serve: a request failed ({type(e).__name__}: {e}); serve.py said: {err.read().strip()[-500:] or 'nothing'}")
     finally:
         server.terminate()
         server.wait(30)
+        err.close()
         tmp.cleanup()
     return rows
 
