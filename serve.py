@@ -88,11 +88,13 @@ class Seq:
 
 class Engine:
     """The scheduler: a thread that owns the model. Row i of the batched KV cache belongs to active[i]."""
-    def __init__(self, model, env, max_batch=8, max_queue=32):
+    def __init__(self, model, env, max_batch=8, max_queue=32, n_vocab=None):
         self.model, self.env, self.max_batch, self.max_queue = model, env, max_batch, max_queue
+        self.n_vocab = n_vocab      # the tokenizer's; ids above it (a vocabulary padded to 50304) are never picked
         self.waiting, self.active, self.cache = collections.deque(), [], None
         self.cv = threading.Condition()
         self.stopping = False
+        self.failed = ''            # why the thread stopped, if it did on an error: new requests get a 503
         self.tokens_generated = 0   # all tokens sampled since start (tests watch it: a dropped client stops it)
         self.steps = 0              # batched decoding steps, and the rows they held: mean batch = rows / steps
         self.rows = 0
@@ -138,6 +140,7 @@ class Engine:
                 s.post(('error', f"generation failed: {type(e).__name__}: {e}"))
             self.active, self.cache = [], None
             self.waiting.clear()
+            self.failed = f"{type(e).__name__}: {e}"
             self.stopping = True
 
     def prefill(self, s):
@@ -179,13 +182,18 @@ class Engine:
         take one argmax for all; a row with top_k draws among its k likeliest tokens only (model.sample_next
         over them: the same distribution, but torch's multinomial over a 50k vocabulary costs ~5 ms a row
         on a CPU, as much as the whole batch's forward of a small model)."""
+        if self.n_vocab and self.n_vocab < logits.size(-1):
+            logits[:, self.n_vocab:] = float('-inf')  # (no text to decode them into)
+        V = logits.size(-1)
         greedy = logits.argmax(-1).tolist() if any(s.temperature == 0 for s in seqs) else None  # (B,)
+        k = max((s.top_k for s in seqs if s.temperature > 0 and 0 < s.top_k < V), default=0)
+        if k:
+            top, ids = logits.float().topk(k)  # (B, k): each row's k likeliest, likeliest first; one call for all
         for i, s in enumerate(seqs):
             if s.temperature == 0:
                 t = greedy[i]
-            elif s.top_k and s.top_k < logits.size(-1):
-                top, ids = logits[i:i + 1].float().topk(s.top_k)  # (1, k) candidates, likeliest first
-                t = ids[0, sample_next(top, s.temperature, None, s.top_p, s.generator)].item()
+            elif 0 < s.top_k < V:
+                t = ids[i, sample_next(top[i:i + 1, :s.top_k], s.temperature, None, s.top_p, s.generator)].item()
             else:
                 t = sample_next(logits[i:i + 1], s.temperature, None, s.top_p, s.generator).item()
             s.last, s.n_new = t, s.n_new + 1
@@ -278,6 +286,7 @@ def chat_messages(body, default_system):
         if not isinstance(m, dict):
             raise ApiError(400, f"messages[{n}] must be an object with 'role' and 'content'", f'messages[{n}]', 'invalid_type')
         role, content = m.get('role'), m.get('content')
+        role = 'system' if role == 'developer' else role  # OpenAI's newer name for the system prompt
         if role not in ROLES:
             raise ApiError(400, f"messages[{n}] has the unknown role {json.dumps(role)[:40]}; roles: {', '.join(ROLES)}",
                            f'messages[{n}].role', 'invalid_value')
@@ -390,6 +399,9 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
         gen = torch.Generator(engine.env.device)
         gen.manual_seed(opts['seed'] % (1 << 63) if opts['seed'] is not None else int.from_bytes(os.urandom(8), 'little') >> 1)
         s = Seq(ids, max_new, stop_ids, opts['temperature'], opts['top_k'], opts['top_p'], gen, post)
+        if engine.failed:
+            raise ApiError(503, f"generation failed and stopped ({engine.failed}); restart serve.py", kind='server_error',
+                           code='engine_failed')
         if not engine.submit(s):
             raise ApiError(429, f"the server is busy ({engine.max_queue} requests waiting); retry in a moment",
                            code='queue_full', kind='rate_limit_error', headers={'Retry-After': '1'})
@@ -481,7 +493,7 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
 
     @app.get('/health')
     async def health():
-        return {'status': 'ok' if engine.thread.is_alive() else 'stopped', 'model': name, 'context': block,
+        return {'status': 'ok' if engine.thread.is_alive() else 'failed' if engine.failed else 'stopped', 'model': name, 'context': block,
                 'chat': im_end is not None, 'system': default_system, 'active': len(engine.active),
                 'waiting': len(engine.waiting), 'tokens_generated': engine.tokens_generated,
                 'mean_batch': round(engine.rows / engine.steps, 2) if engine.steps else 0}
@@ -560,7 +572,7 @@ if __name__ == '__main__':
     except ImportError as e:
         die(f"serve.py needs {e.name}: pip install fastapi uvicorn")
     model, tok, env, name, default_system = setup(out_dir, ckpt, init_from, device, dtype, system)
-    engine = Engine(model, env, max_batch, max_queue)
+    engine = Engine(model, env, max_batch, max_queue, tok.n_vocab)
     app = make_app(engine, tok, model_name or name, default_system, api_key,
                    dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens), max_body)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level='warning', timeout_graceful_shutdown=3))

@@ -273,6 +273,23 @@ def test_a_base_model_cannot_chat_but_completes(tmp_path):
         r = c.post('/v1/completions', json={'prompt': 'THE CAT'})  # not in the char vocabulary
         assert r.status_code == 400 and "'T'" in r.json()['error']['message']
 
+
+def test_a_failing_generation_is_an_error_not_a_hang():
+    pytest.importorskip('fastapi')
+    from fastapi.testclient import TestClient
+    model = random_model()
+
+    def broken(*args):
+        raise RuntimeError('out of memory (a stand-in)')
+    model.decode_rows = broken
+    tok = tokenizer.load({'kind': 'char', 'chars': CHARS})
+    with TestClient(serve.make_app(serve.Engine(model, cpu()), tok, 'rand')) as c:
+        r = c.post('/v1/completions', json={'prompt': 'the cat', 'max_tokens': 5})
+        assert r.status_code == 500 and 'out of memory (a stand-in)' in r.json()['error']['message']
+        r = c.post('/v1/completions', json={'prompt': 'the cat', 'max_tokens': 5, 'stream': True})
+        assert r.status_code == 503 and r.json()['error']['code'] == 'engine_failed'
+        assert c.get('/health').json()['status'] == 'failed'
+
 # ----------------------------------------------------------------------------- a real uvicorn
 
 
@@ -464,6 +481,7 @@ def test_the_script_prints_its_urls_wants_the_key_and_stops_on_sigterm(request, 
             p.kill()
 
 
+@pytest.mark.slow
 def test_without_fastapi_it_says_what_to_install(tmp_path):
     p = run('serve.py', f'--out_dir={tmp_path}', check=False, env={'PYTHONPATH': str(ROOT / 'tests' / 'without_extras')})
     assert p.returncode == 1 and p.stderr == 'error: serve.py needs fastapi: pip install fastapi uvicorn\n'
