@@ -12,8 +12,8 @@ Needs the safetensors package (pip install safetensors); transformers is not nee
 """
 import os
 
-import common  # first: one-line errors, even during the torch import
-from common import die
+import cli  # first: one-line errors, even during the torch import
+from cli import die
 from configurator import configure
 
 # ----------------------------------------------------------------------------- settings
@@ -37,10 +37,7 @@ path = os.path.join(out_dir, ckpt)
 if not os.path.isfile(path):  # checked before the slow torch import
     die(f"checkpoint {path} not found; pass the --out_dir (and --ckpt) of a training run")
 
-try:
-    from checkpoint import load_checkpoint
-except ImportError:  # before checkpoint.py existed, model.py had it
-    from model import load_checkpoint
+from checkpoint import load_checkpoint
 import hf
 
 names = hf.export_hf(load_checkpoint(path), to, dtype=dtype)

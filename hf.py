@@ -16,6 +16,9 @@ of our one fused qkv. Whatever in config.json changes the math and is not implem
 refused with a ValueError naming the field, never ignored. Tokenizers are read without
 transformers: a byte-level BPE becomes a tiktoken encoding; SentencePiece ones (Llama 2, TinyLlama)
 are refused. safetensors files need the safetensors package (pip install safetensors).
+
+Why one file over 400 lines: the two directions (load and export) share one table of renames
+and one config mapping; a fix to a family's names must land in both at once.
 """
 import hashlib
 import json
