@@ -93,7 +93,8 @@ swanlab_run_name = ''
 # system
 device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
-                          # autocast if it has AVX512-BF16/AMX and a probe finds it faster, else float32; float32 on MPS
+                          # autocast if it has AVX512-BF16/AMX and n_embd >= 256, else float32; float32 on MPS. A resumed
+                          # run keeps the dtype it was started in
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
 gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
