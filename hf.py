@@ -480,6 +480,7 @@ def tokenizer_files(spec, cfg):
         tc = {'tokenizer_class': 'LlamaTokenizerFast', 'model_max_length': cfg.block_size, 'legacy': False,
               'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
               'add_bos_token': bool(bos), 'add_eos_token': False,
+              'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
               'added_tokens_decoder': {str(i): {'content': s, 'special': True, 'normalized': False, 'lstrip': False,
                                                 'rstrip': False, 'single_word': False}
                                        for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}

@@ -189,3 +189,39 @@ def test_tiny_llama_samples(tmp_path):
     r = run('sample.py', f'--init_from=hf:{tmp_path / "llama"}', '--start=the cat 猫', '--max_new_tokens=8',
             '--num_samples=1', '--device=cpu', '--temperature=0')
     assert 'the cat 猫' in r.stdout
+
+
+def handmade_tokenizer_json(folder, model_type='BPE'):
+    """A tokenizer.json written out by hand (no tokenizers package): Llama 2's legacy layout with a
+    vocabulary of a few pieces, so pass 1 (without the optional packages) covers sp_tokenizer too."""
+    pieces = ['\u2581', 'a', 'b', 'c', '\u2581a', 'bc', '\u2581abc']
+    vocab = {'<unk>': 0, '<s>': 1, '</s>': 2, **{f'<0x{b:02X}>': 3 + b for b in range(256)},
+             **{p: 259 + i for i, p in enumerate(pieces)}}
+    tj = {'added_tokens': [{'id': i, 'content': s, 'special': True} for i, s in enumerate(['<unk>', '<s>', '</s>'])],
+          'normalizer': {'type': 'Sequence', 'normalizers': [{'type': 'Prepend', 'prepend': SP},
+                         {'type': 'Replace', 'pattern': {'String': ' '}, 'content': SP}]},
+          'pre_tokenizer': None, 'post_processor': {'type': 'TemplateProcessing', 'single': [
+              {'SpecialToken': {'id': '<s>', 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}}]},
+          'decoder': {'type': 'Sequence', 'decoders': [{'type': 'Replace', 'pattern': {'String': SP}, 'content': ' '},
+                      {'type': 'ByteFallback'}, {'type': 'Fuse'}, {'type': 'Strip', 'content': ' ', 'start': 1, 'stop': 0}]},
+          'model': {'type': model_type, 'unk_token': '<unk>', 'fuse_unk': True, 'byte_fallback': True, 'vocab': vocab,
+                    'merges': [f'{SP} a', 'b c', f'{SP}a bc']}}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+        json.dump(tj, f, ensure_ascii=False)
+    return vocab
+
+
+def test_handmade_without_packages(tmp_path):
+    """Merges in their listed order ('▁a' before 'bc', then '▁a'+'bc'), byte fallback for what the
+    vocabulary lacks, decode gives the text back; Unigram is refused by name."""
+    vocab = handmade_tokenizer_json(tmp_path)
+    tok = tokenizer.load(hf.read_tokenizer(tmp_path))
+    assert tok.encode('abc abc') == [vocab['\u2581abc'], vocab['\u2581abc']]
+    assert tok.encode('cab') == [vocab['\u2581'], vocab['c'], vocab['a'], vocab['b']]  # '▁c' is no piece
+    assert tok.encode('é') == [vocab['\u2581']] + [3 + b for b in 'é'.encode()]
+    for text in ['abc abc', '  a  b ', 'é猫 abc\n', '']:
+        assert tok.decode(tok.encode(text)) == text
+    handmade_tokenizer_json(tmp_path, 'Unigram')
+    with pytest.raises(ValueError, match='model.type="Unigram"'):
+        hf.read_tokenizer(tmp_path)
