@@ -437,8 +437,6 @@ def _sp_spec(folder, where, tc, hc):
     by_id = {i: s for s, i in added.items()}
     eos_ids = hc.get('eos_token_id') if isinstance(hc.get('eos_token_id'), list) else [hc.get('eos_token_id')]
     eot = next((s for s in [name('eos_token'), '</s>'] + [by_id.get(i) for i in eos_ids] if s in added), None)
-    if eot is None:
-        raise ValueError(f"{where}: no end-of-text token among its added tokens ({', '.join(list(added)[:5])})")
     post, bos = tj.get('post_processor') or {}, None
     for p in post.get('processors', [post]):  # TemplateProcessing '<s> $A': a BOS before every text
         first = (p.get('single') or [{}])[0] if p.get('type') == 'TemplateProcessing' else {}
@@ -448,11 +446,13 @@ def _sp_spec(folder, where, tc, hc):
     spec = {'kind': 'sp', 'name': f'hf-{folder.resolve().name}', 'json': text, 'eot': eot}
     if bos:
         spec['bos'] = bos
-    try:
-        tok = tokenizer.load(spec)
+    try:  # what sp_tokenizer does not reproduce is refused first, by name; the end of text checked last
+        tok = tokenizer.load(spec if eot else {**spec, 'eot': '\0'})
     except (KeyError, TypeError, AttributeError) as e:  # a file not shaped as tokenizer.json
         raise ValueError(f"{where}: not a tokenizer.json we can read ({type(e).__name__}: {e})") from None
     except ValueError as e:
+        if eot is None and 'end-of-text' in str(e):
+            raise ValueError(f"{where}: no end-of-text token among its added tokens ({', '.join(list(added)[:5])})") from None
         raise ValueError(f"{where}: {e}") from None
     if tok.n_vocab > hc.get('vocab_size', tok.n_vocab):
         raise ValueError(f"{where}: token ids go up to {tok.n_vocab - 1} but config.json has vocab_size={hc['vocab_size']}")
@@ -477,7 +477,9 @@ def tokenizer_files(spec, cfg):
         if tok.n_vocab > cfg.vocab_size:
             raise ValueError(f"the tokenizer (ids up to {tok.n_vocab - 1}) does not fit the model (vocab_size={cfg.vocab_size})")
         bos = spec.get('bos')
-        tc = {'tokenizer_class': 'LlamaTokenizerFast', 'model_max_length': cfg.block_size, 'legacy': False,
+        # the generic class: it runs tokenizer.json as written (LlamaTokenizerFast would rebuild its
+        # normalizer from its own 'legacy' setting)
+        tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
               'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
               'add_bos_token': bool(bos), 'add_eos_token': False,
               'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
@@ -486,8 +488,16 @@ def tokenizer_files(spec, cfg):
                                        for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}
         if spec.get('chat_template'):
             tc['chat_template'] = spec['chat_template']
-        return ({'tokenizer.json': spec['json'], 'tokenizer_config.json': json.dumps(tc, indent=2)},
-                tok.eot, tok.bos)
+        text = spec['json']
+        if spec.get('special'):  # tokens added after the file (finetune_sft.py's chat tokens): into the file
+            tj = json.loads(text)
+            tj['added_tokens'] = tj.get('added_tokens') or []
+            tj['added_tokens'] += [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                                    'normalized': False, 'special': True} for s, i in sorted(spec['special'].items(), key=lambda x: x[1])]
+            text = json.dumps(tj, ensure_ascii=False)
+        if '<|im_start|>' in tok.special and '<|im_end|>' in tok.special and not spec.get('chat_template'):
+            tc['chat_template'] = CHAT_TEMPLATE  # an SFT checkpoint: our ChatML template
+        return {'tokenizer.json': text, 'tokenizer_config.json': json.dumps(tc, indent=2)}, tok.eot, tok.bos
     if spec.get('kind') == 'tiktoken' and spec.get('name') == 'gpt2':
         enc = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'}).enc
         ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}

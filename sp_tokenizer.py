@@ -8,6 +8,9 @@ fallback), so this is our own small encoder, written to give the ids the tokeniz
     spec = {'kind': 'sp', 'json': <the text of tokenizer.json>, 'eot': '</s>', 'bos': '<s>'}
     tok = tokenizer.load(spec)   # tokenizer.py hands 'sp' specs to load() here
 
+'special' in the spec adds tokens the file does not have ({name: id}, e.g. the chat tokens that
+finetune_sft.py adds); hf.tokenizer_files writes them into tokenizer.json's added_tokens.
+
 The spec keeps tokenizer.json whole, so a checkpoint carries it and export writes it back unchanged.
 What this file reads in tokenizer.json, and refuses anything else in (a ValueError naming the field):
   model          BPE: vocab, merges, byte_fallback, unk_token, fuse_unk, ignore_merges
@@ -165,6 +168,10 @@ def load(spec):
             if a.get(key):
                 _fail(f'added_tokens[{a["content"]!r}].{key}', True, 'is not supported')
         added[a['content']] = a['id']
+    extra = spec.get('special') or {}  # tokens added after the file, e.g. finetune_sft.py's <|im_start|>, <|im_end|>
+    if any(not isinstance(i, int) or i in added.values() or i < len(vocab) for i in extra.values()):
+        raise ValueError(f"sp tokenizer spec: 'special' must give new tokens ids of their own above the vocab: {str(extra)[:80]}")
+    added.update(extra)
     normalize = _normalizer(tj.get('normalizer'))
     scheme, split = _metaspace(tj.get('pre_tokenizer'))
     decode_chain = _decoder(tj.get('decoder'))

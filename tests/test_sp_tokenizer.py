@@ -225,3 +225,32 @@ def test_handmade_without_packages(tmp_path):
     handmade_tokenizer_json(tmp_path, 'Unigram')
     with pytest.raises(ValueError, match='model.type="Unigram"'):
         hf.read_tokenizer(tmp_path)
+
+
+def test_chat_tokens_added_by_sft(tmp_path):
+    """finetune_sft.py adds <|im_start|>, <|im_end|> to a tokenizer without them (spec['special']):
+    encode_special finds them, and the exported tokenizer.json has them, with our ChatML template."""
+    tk = need('tokenizers')
+    sp_tokenizer_json(tmp_path / 'in')
+    spec = hf.read_tokenizer(tmp_path / 'in')
+    n = tokenizer.load(spec).n_vocab
+    spec = {**spec, 'special': {'<|im_start|>': n, '<|im_end|>': n + 1}}
+    tok = tokenizer.load(spec)
+    text = '<|im_start|>user\nhi 猫<|im_end|>\n'
+    assert tok.n_vocab == n + 2 and tok.encode_special(text)[0] == n and n + 1 in tok.encode_special(text)
+    assert n not in tok.encode(text)
+    cfg = hf.ModelConfig(vocab_size=n + 2, n_layer=1, n_head=2, n_embd=16, block_size=64, norm='rmsnorm', pos_emb='rope',
+                         mlp='swiglu', bias=False)
+    files, _, _ = hf.tokenizer_files(spec, cfg)
+    assert json.loads(files['tokenizer_config.json'])['chat_template'] == hf.CHAT_TEMPLATE
+    ref = tk.Tokenizer.from_str(files['tokenizer.json'])
+    assert ref.encode(text, add_special_tokens=False).ids == tok.encode_special(text)
+    with pytest.raises(ValueError, match="'special'"):
+        tokenizer.load({**spec, 'special': {'<|im_start|>': 5}})
+    # transformers reads the exported folder to the same ids (the generic tokenizer class runs the file as is)
+    AutoTokenizer = need('transformers').AutoTokenizer
+    for name, body in files.items():
+        (tmp_path / name).write_text(body, encoding='utf-8')
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path))
+    for s in [text] + HELD_OUT:
+        assert theirs(s)['input_ids'] == [tok.bos] + tok.encode_special(s), s
