@@ -128,6 +128,9 @@ def _vocab(gguf, spec, cfg, files, eot_id, bos_id, pre):
             rank.setdefault(''.join(pair.split(' ', 1) if isinstance(pair, str) else pair), r)
         scores = [0.0 if types[i] != T.NORMAL else -float(rank.get(tokens[i], len(merges) + i)) for i in range(len(tokens))]
         meta.update({'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.pre': 'default', 'tokenizer.ggml.scores': scores})
+        pre_tok = json.dumps([tj.get('normalizer'), tj.get('pre_tokenizer')])
+        if '"Prepend"' not in pre_tok and '"prepend_scheme": "never"' in pre_tok:
+            meta['tokenizer.ggml.add_space_prefix'] = False  # llama.cpp puts a space before the text unless told
         unk = tj['model'].get('unk_token')
         if unk in tj['model']['vocab']:
             meta['tokenizer.ggml.unknown_token_id'] = tj['model']['vocab'][unk]

@@ -303,3 +303,16 @@ def test_without_gguf_one_line(tmp_path):
             env={'PYTHONPATH': absent + os.pathsep + os.environ.get('PYTHONPATH', '')})
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert 'pip install gguf' in r.stderr and not list(tmp_path.glob('m.gguf*'))
+
+
+def test_space_prefix_follows_the_tokenizer(tmp_path):
+    """llama.cpp puts a space before the text of a SentencePiece vocabulary unless the file says not
+    to: said for Metaspace(prepend_scheme='never'), left to its default for Llama 2's legacy form."""
+    need('gguf')
+    import gguf_export
+    cfg = make_config('llama', vocab_size=600, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    for form, want in [(('never', False), False), ('legacy', None)]:
+        sp_tokenizer_json(tmp_path / str(form), form)
+        ck = {'model': GPT(cfg).state_dict(), 'model_config': asdict(cfg), 'tokenizer': hf.read_tokenizer(tmp_path / str(form))}
+        gguf_export.export_gguf(ck, tmp_path / 'm.gguf')
+        assert read(tmp_path / 'm.gguf')[0].get('tokenizer.ggml.add_space_prefix') is want
