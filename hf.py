@@ -14,8 +14,9 @@ GPT2LMHeadModel or LlamaForCausalLM. Weights differ from ours by the renames in 
 that, GPT-2's Conv1D matrices are stored transposed, and HF's separate q/k/v projections are rows
 of our one fused qkv. Whatever in config.json changes the math and is not implemented here is
 refused with a ValueError naming the field, never ignored. Tokenizers are read without
-transformers: a byte-level BPE becomes a tiktoken encoding; SentencePiece ones (Llama 2, TinyLlama)
-are refused. safetensors files need the safetensors package (pip install safetensors).
+transformers: a byte-level BPE becomes a tiktoken encoding; a SentencePiece-style BPE tokenizer.json
+(Llama 2, TinyLlama, Mistral) runs in sp_tokenizer.py; tokenizer.model alone is refused.
+safetensors files need the safetensors package (pip install safetensors).
 
 Why one file over 400 lines: the two directions (load and export) share one table of renames
 and one config mapping; a fix to a family's names must land in both at once.
@@ -381,6 +382,8 @@ def read_tokenizer(folder, hc=None):
     folder, hc = Path(folder), hc or {}
     tc = _read_json(folder / 'tokenizer_config.json') if (folder / 'tokenizer_config.json').is_file() else {}
     where = folder / 'tokenizer.json'
+    if where.is_file() and _sentencepiece_style(_read_json(where)):
+        return _sp_spec(folder, where, tc, hc)
     if where.is_file():
         vocab, merges, added, pat, normalize, bos, ignore_merges = _read_tokenizer_json(where)
     elif (folder / 'vocab.json').is_file() and (folder / 'merges.txt').is_file():  # GPT-2's own files
@@ -417,6 +420,49 @@ def read_tokenizer(folder, hc=None):
     return spec
 
 
+def _sentencepiece_style(tj):
+    """Is this tokenizer.json SentencePiece-style (Llama 2, TinyLlama, Mistral): characters with '▁' for
+    spaces and a byte fallback, rather than byte-level? Unigram and WordPiece count too (to be refused
+    by name in sp_tokenizer)."""
+    m, steps = tj.get('model') or {}, json.dumps([tj.get('pre_tokenizer'), tj.get('normalizer')], ensure_ascii=False)
+    return m.get('type') != 'BPE' or bool(m.get('byte_fallback')) or '"Metaspace"' in steps or '▁' in steps
+
+
+def _sp_spec(folder, where, tc, hc):
+    """A SentencePiece-style tokenizer.json -> an 'sp' spec that holds the file's text (tokenizer.load
+    checks it now, refusing what sp_tokenizer.py does not reproduce with one line naming the field)."""
+    text = where.read_text(encoding='utf-8')
+    tj = json.loads(text)
+    added = {a['content']: a['id'] for a in tj.get('added_tokens') or []}
+
+    def name(field):
+        v = tc.get(field)
+        return v.get('content') if isinstance(v, dict) else v
+    by_id = {i: s for s, i in added.items()}
+    eos_ids = hc.get('eos_token_id') if isinstance(hc.get('eos_token_id'), list) else [hc.get('eos_token_id')]
+    eot = next((s for s in [name('eos_token'), '</s>'] + [by_id.get(i) for i in eos_ids] if s in added), None)
+    post, bos = tj.get('post_processor') or {}, None
+    for p in post.get('processors', [post]):  # TemplateProcessing '<s> $A': a BOS before every text
+        first = (p.get('single') or [{}])[0] if p.get('type') == 'TemplateProcessing' else {}
+        bos = bos or first.get('SpecialToken', {}).get('id')
+    if bos is None and tc.get('add_bos_token'):
+        bos = name('bos_token')
+    spec = {'kind': 'sp', 'name': f'hf-{folder.resolve().name}', 'json': text, 'eot': eot}
+    if bos:
+        spec['bos'] = bos
+    try:  # what sp_tokenizer does not reproduce is refused first, by name; the end of text checked last
+        tok = tokenizer.load(spec if eot else {**spec, 'eot': '\0'})
+    except (KeyError, TypeError, AttributeError) as e:  # a file not shaped as tokenizer.json
+        raise ValueError(f"{where}: not a tokenizer.json we can read ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if eot is None and 'end-of-text' in str(e):
+            raise ValueError(f"{where}: no end-of-text token among its added tokens ({', '.join(list(added)[:5])})") from None
+        raise ValueError(f"{where}: {e}") from None
+    if tok.n_vocab > hc.get('vocab_size', tok.n_vocab):
+        raise ValueError(f"{where}: token ids go up to {tok.n_vocab - 1} but config.json has vocab_size={hc['vocab_size']}")
+    return spec
+
+
 def _merges(ranks):
     """Every split (a, b) of a token into two tokens, in the order of the token's rank: HF's BPE then
     merges exactly the pairs tiktoken merges, in the same order (one merge per token would miss
@@ -430,6 +476,32 @@ def _merges(ranks):
 def tokenizer_files(spec, cfg):
     """A tokenizer spec -> ({file name: text} for an HF folder, eot id, bos id)."""
     special, normalize = dict(spec.get('special', {})), spec.get('normalize')
+    if spec.get('kind') == 'sp':  # SentencePiece-style: its tokenizer.json, as it was read
+        tok = tokenizer.load(spec)
+        if tok.n_vocab > cfg.vocab_size:
+            raise ValueError(f"the tokenizer (ids up to {tok.n_vocab - 1}) does not fit the model (vocab_size={cfg.vocab_size})")
+        bos = spec.get('bos')
+        # the generic class: it runs tokenizer.json as written (LlamaTokenizerFast would rebuild its
+        # normalizer from its own 'legacy' setting)
+        tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
+              'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
+              'add_bos_token': bool(bos), 'add_eos_token': False,
+              'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
+              'added_tokens_decoder': {str(i): {'content': s, 'special': True, 'normalized': False, 'lstrip': False,
+                                                'rstrip': False, 'single_word': False}
+                                       for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}
+        if spec.get('chat_template'):
+            tc['chat_template'] = spec['chat_template']
+        text = spec['json']
+        if spec.get('special'):  # tokens added after the file (finetune_sft.py's chat tokens): into the file
+            tj = json.loads(text)
+            tj['added_tokens'] = tj.get('added_tokens') or []
+            tj['added_tokens'] += [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                                    'normalized': False, 'special': True} for s, i in sorted(spec['special'].items(), key=lambda x: x[1])]
+            text = json.dumps(tj, ensure_ascii=False)
+        if '<|im_start|>' in tok.special and '<|im_end|>' in tok.special and not spec.get('chat_template'):
+            tc['chat_template'] = CHAT_TEMPLATE  # an SFT checkpoint: our ChatML template
+        return {'tokenizer.json': text, 'tokenizer_config.json': json.dumps(tc, indent=2)}, tok.eot, tok.bos
     if spec.get('kind') == 'tiktoken' and spec.get('name') == 'gpt2':
         enc = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'}).enc
         ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}

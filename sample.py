@@ -78,10 +78,12 @@ def text_decoder(tok):
     with its length). A token can end inside a UTF-8 character: tiktoken's bytes go through an
     incremental UTF-8 decoder, which holds such a character back until its last byte arrives, so
     the pieces add up to exactly tok.decode(all ids). A char tokenizer's token is one character."""
-    if tok.kind != 'tiktoken':
+    if tok.kind not in ('tiktoken', 'sp'):
         return lambda t=None: '' if t is None else tok.decode([t])
     utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # 'replace', as tiktoken's decode
-    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(tok.enc.decode_single_token_bytes(t))
+    # SentencePiece-style (sp): a token's bytes with '▁' as a space, <0xNN> as its byte
+    token_bytes = tok.token_bytes if tok.kind == 'sp' else tok.enc.decode_single_token_bytes
+    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(token_bytes(t))
 
 
 def write_reply(ids, max_new, stop):

@@ -20,6 +20,7 @@ A tokenizer is described by a small JSON "spec" dict, stored in data/<name>/meta
     {"kind": "tiktoken", "name": "gpt2", "extra_special": {"<|im_start|>": 50257, "<|im_end|>": 50258}}
     {"kind": "char", "chars": "\\n !&',-.3:;?ABC..."}    # id i is chars[i]; eot = len(chars)
     {"kind": "bpe", "name": ..., "pat_str": ..., "special": {...}, "ranks_file": "tokenizer.tiktoken"}
+    {"kind": "sp", "json": "<a tokenizer.json's text>", "eot": "</s>", "bos": "<s>"}   # Llama 2 style: sp_tokenizer.py
 portable_spec() inlines the ranks file ("ranks": its text) so a checkpoint can carry it.
 """
 import base64
@@ -223,13 +224,16 @@ def bpe_files(spec):
 
 def load(spec, base_dir=None):
     """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError."""
-    need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',)}
+    need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',), 'sp': ('json',)}
     kind = spec.get('kind') if isinstance(spec, dict) else None
     if kind not in need:
         raise ValueError(f'not a tokenizer spec (its kind should be one of {", ".join(need)}): {str(spec)[:80]}')
     missing = [k for k in need[kind] + (() if kind != 'bpe' or 'ranks' in spec else ('ranks_file',)) if k not in spec]
     if missing:
         raise ValueError(f'{kind} tokenizer spec without {", ".join(missing)}')
+    if kind == 'sp':  # SentencePiece-style BPE from a Hugging Face tokenizer.json: our own encoder
+        import sp_tokenizer
+        return sp_tokenizer.load(spec)
     if kind == 'tiktoken':
         enc = _get_encoding(spec['name'])
         if spec.get('extra_special'):  # e.g. chat tokens that finetune_sft.py added after gpt2's 50,257

@@ -286,7 +286,7 @@ BPE_JSON = {'normalizer': None, 'pre_tokenizer': {'type': 'ByteLevel', 'add_pref
     ({'model': {'type': 'Unigram', 'vocab': []}}, 'Unigram'),
     ({'model': {'type': 'BPE', 'byte_fallback': True, 'vocab': {}, 'merges': []}}, 'byte_fallback'),
     ({'normalizer': {'type': 'Lowercase'}}, 'Lowercase'),
-    ({'pre_tokenizer': {'type': 'Metaspace', 'replacement': '▁'}}, 'Metaspace'),
+    ({'pre_tokenizer': {'type': 'Metaspace', 'replacement': '_'}}, 'Metaspace'),  # ('▁' loads: test_sp_tokenizer.py)
     ({'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': True, 'use_regex': True}}, 'pre-tokenizer'),
 ])
 def test_tokenizer_refusals(change, words, tmp_path):
