@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import make_chats, run
+from checkpoint import load_model
 from test_hf import assert_same_model, need, randomize, write_folder
 import chat
 import hf
@@ -366,8 +367,10 @@ def qwen3_folder(tmp_path_factory):
     tf = need('transformers')
     need('safetensors')
     path = tmp_path_factory.mktemp('qwen3-scripts')
-    randomize(tf.AutoModelForCausalLM.from_config(CONFIGS['qwen3-tied'](tf))).save_pretrained(path)
-    qwen_tokenizer(path, 'qwen3')
+    n_vocab = qwen_tokenizer(path, 'qwen3').get_vocab_size()  # every id the model may sample decodes
+    config = CONFIGS['qwen3-tied'](tf)
+    config.vocab_size = n_vocab
+    randomize(tf.AutoModelForCausalLM.from_config(config)).save_pretrained(path)
     return path
 
 
@@ -397,6 +400,12 @@ def test_finetune_sft_with_lora_from_a_qwen3_folder(qwen3_folder, tmp_path):
     hc = json.loads((tmp_path / 'hf_out' / 'config.json').read_text())
     assert hc['architectures'] == ['Qwen3ForCausalLM'] and hc['head_dim'] == 16
     assert json.loads((tmp_path / 'hf_out' / 'tokenizer_config.json').read_text())['chat_template'] == QWEN3_TEMPLATE
+    tf = need('transformers')  # the adapters were folded in: transformers computes what load_model's merged model does
+    ours = load_model(str(out))[0]
+    theirs = tf.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf_out', dtype=torch.float32).eval()
+    x = torch.randint(0, ours.cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert (theirs(x).logits - ours(x)[0]).abs().max() < 1e-4
 
 
 @pytest.mark.slow
@@ -410,3 +419,25 @@ def test_finetune_cls_from_a_qwen3_folder(qwen3_folder, tmp_path):
         '--eval_interval=2', '--batch_size=4', '--trainable=lora', '--device=cpu')
     p = run('finetune_cls.py', f'--out_dir={out}', '--classify=the cat sees the river.')
     assert p.stdout.strip().split()[0] in ('animal', 'person')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['qwen3', 'qwen2'])
+def test_train_from_scratch_with_the_qwen_archs(arch, char_data, tmp_path):
+    from conftest import TINY
+    out = tmp_path / arch
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--arch={arch}', '--n_kv_head=1', '--head_dim=24',
+            f'--out_dir={out}', '--max_iters=4', '--eval_interval=4', '--sample_prompt=')
+    assert f'model: {arch}' in p.stdout + p.stderr
+    mc = torch.load(out / 'ckpt.pt', weights_only=True)['model_config']
+    assert (mc['qk_norm'], mc['qkv_bias'], mc['head_dim'], mc['tie_embeddings']) == (arch == 'qwen3', arch == 'qwen2', 24, True)
+    s = run('sample.py', f'--out_dir={out}', '--start=the cat', '--num_samples=1', '--max_new_tokens=8')
+    assert s.stdout.startswith('the cat')
+
+
+@pytest.mark.slow
+def test_train_model_size_is_checked(char_data, tmp_path):
+    from conftest import TINY
+    p = run('train.py', *TINY, f'--data_dir={char_data}', '--model_size=gpt2-7b', f'--out_dir={tmp_path / "x"}', check=False)
+    assert p.returncode != 0 and p.stderr.startswith('error: ') and 'model_size' in p.stderr and 'gpt2-124m' in p.stderr
+    assert p.stderr.count('\n') == 1
