@@ -13,8 +13,8 @@ Needs the safetensors package (pip install safetensors); transformers is not nee
 """
 import os
 
-import common  # first: one-line errors, even during the torch import
-from common import die
+import cli  # first: one-line errors, even during the torch import
+from cli import die
 from configurator import configure
 
 # ----------------------------------------------------------------------------- settings
@@ -38,10 +38,7 @@ path = os.path.join(out_dir, ckpt)
 if not os.path.isfile(path):  # checked before the slow torch import
     die(f"checkpoint {path} not found; pass the --out_dir (and --ckpt) of a training run")
 
-try:
-    from checkpoint import load_checkpoint
-except ImportError:  # before checkpoint.py existed, model.py had it
-    from model import load_checkpoint
+from checkpoint import load_checkpoint
 import hf
 
 ck = load_checkpoint(path)

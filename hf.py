@@ -17,7 +17,10 @@ refused with a ValueError naming the field, never ignored. Tokenizers are read w
 transformers: a byte-level BPE becomes a tiktoken encoding; SentencePiece ones (Llama 2, TinyLlama)
 are refused. safetensors files need the safetensors package (pip install safetensors).
 The chat template of a Qwen2.5 / Qwen3 folder is recognized (chat_format) and kept in the tokenizer
-spec, so chat.py formats conversations as the model was trained to read them.
+spec, so chat_data.py formats conversations as the model was trained to read them.
+
+Why one file over 400 lines: the two directions (load and export) share one table of renames
+and one config mapping; a fix to a family's names must land in both at once.
 """
 import hashlib
 import json
@@ -439,9 +442,9 @@ def read_tokenizer(folder, hc=None):
 
 
 def chat_format(folder, tc):
-    """-> (chat format name for chat.py, the template text), from a folder's chat_template
+    """-> (chat format name for chat_data.py, the template text), from a folder's chat_template
     (tokenizer_config.json's, or chat_template.jinja beside it), for the families whose template
-    chat.py writes out in plain code: 'qwen3' (the hybrid thinking template, used with thinking
+    chat_data.py writes out in plain code: 'qwen3' (the hybrid thinking template, used with thinking
     off) and 'qwen2.5' (ChatML with a default system prompt). Anything else -> (None, None):
     nanolm's own ChatML, as for every model before."""
     template = tc.get('chat_template')

@@ -14,6 +14,9 @@ then generation with a KV cache.
 
 Shapes in comments: B batch, T time (tokens), C n_embd, nh heads, nkv key/value heads,
 hs head size (head_dim; C // nh unless set), V vocab size.
+
+Why one file over 400 lines: the whole forward pass, both families and generation are what a
+reader comes to learn; split, every shape would have to be followed across files.
 """
 import math
 from dataclasses import dataclass, fields

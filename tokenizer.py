@@ -10,7 +10,7 @@ that the scripts print. prepare.py trains a bpe, writes its files and reads meta
 In code:
 
     import tokenizer
-    tok = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'})   # or prepare.load_meta(ds_dir)
+    tok = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'})   # or dataset.load_meta(ds_dir)
     ids = tok.encode('hello')            # ordinary text: never produces special ids
     ids = tok.encode_special('<|im_start|>user\nhi<|im_end|>')   # chat specials allowed
     text = tok.decode(ids)
@@ -27,6 +27,7 @@ import heapq
 import json
 import os
 import re
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -79,7 +80,7 @@ def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes
     """Learn byte-level BPE merges. texts: iterable of str. Returns ranks {token bytes: id},
     ids 0..255 are the single bytes, then one id per merge in the order learned; n_special
     ids are left free at the top for the special tokens. max_bytes: stop reading texts there.
-    progress: called now and then with a one-line status (prepare.py passes common.progress).
+    progress: called now and then with a one-line status (prepare.py passes cli.progress).
     1) split every text with pat_str and count the unique pieces (words);
     2) repeatedly merge the most frequent adjacent pair, updating pair counts only in the
        words that contain it (index pair -> words, and a lazy max-heap of counts)."""
@@ -222,7 +223,7 @@ def bpe_files(spec):
 
 def load(spec, base_dir=None):
     """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError.
-    tok.chat: the chat format the model was trained with (chat.py), the spec's 'chat' or 'chatml'."""
+    tok.chat: the chat format the model was trained with (chat_data.py), the spec's 'chat' or 'chatml'."""
     tok = _load(spec, base_dir)
     tok.chat = spec.get('chat', 'chatml')
     return tok
@@ -353,3 +354,8 @@ def read_spec(path):
     ranks_from_text(spec['ranks'], where=str(ranks_path))  # check now, with a message naming the file
     load(spec)
     return spec
+
+
+if __name__ == '__main__':  # a module: its command line moved into prepare.py
+    sys.exit("error: tokenizer.py is a module, not a command. Train a bpe with: python prepare.py NAME --input FILES "
+             "--tokenizer=bpe --vocab_size=8192 --tokenizer_only (see python prepare.py --help)")

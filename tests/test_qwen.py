@@ -13,7 +13,7 @@ import torch
 from conftest import make_chats, run
 from checkpoint import load_model
 from test_hf import assert_same_model, need, randomize, write_folder
-import chat
+import chat_data as chat
 import hf
 import tokenizer
 from model import GPT, SIZES, add_lora, make_config, merge_lora, size_config

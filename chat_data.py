@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from common import atomic_write, bad_line, die, progress, end_progress, read_jsonl
+from cli import atomic_write, bad_line, die, progress, end_progress, read_jsonl
 
 IM_START, IM_END = '<|im_start|>', '<|im_end|>'
 FORMATS = ('chatml', 'qwen2.5', 'qwen3')
