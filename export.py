@@ -6,9 +6,10 @@ or as one GGUF file for llama.cpp and Ollama (gguf_export.py; needs pip install 
     python export.py --out_dir=out-poems --to=model.gguf --dtype=float16     # or --gguf_type=q8_0
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf_out')('Hello')[0])"
 
-GPT-2-family checkpoints become GPT2LMHeadModel, LLaMA-family ones LlamaForCausalLM (q, k, v biases
-too, with a zero o_proj bias). The tokenizer goes along (tokenizer.json, and GPT-2's vocab.json +
-merges.txt for gpt2), with the chat template in tokenizer_config.json for SFT checkpoints.
+GPT-2-family checkpoints become GPT2LMHeadModel, LLaMA-family ones LlamaForCausalLM (Qwen2's q, k, v
+biases too, with a zero o_proj bias), Qwen3's (qk_norm) Qwen3ForCausalLM; LoRA adapters are merged first. The tokenizer goes along (tokenizer.json, and GPT-2's vocab.json +
+merges.txt for gpt2), with the chat template in tokenizer_config.json for SFT checkpoints (a released
+Qwen model's own template, kept through fine-tuning).
 A model no Hugging Face class computes exactly (e.g. GPT-2 with rope) is refused in one line.
 Needs the safetensors package (pip install safetensors); transformers is not needed.
 """
@@ -63,7 +64,12 @@ if not os.path.isfile(path):  # checked before the slow torch import
 from checkpoint import load_checkpoint
 import hf
 
-names = hf.export_hf(load_checkpoint(path), to, dtype=dtype)
+ck = load_checkpoint(path)
+if ck.get('lora'):  # a finetune_sft.py run with LoRA: its adapters folded into the weights they adapt
+    from checkpoint import load_model
+    merged = load_model(out_dir, ckpt)[0].state_dict()
+    ck = {**{k: v for k, v in ck.items() if k not in ('lora', 'ema')}, 'model': merged}
+names = hf.export_hf(ck, to, dtype=dtype)
 print(f"wrote {to}/: {', '.join(names)}")
 print(f"load it with transformers: AutoModelForCausalLM.from_pretrained({to!r}); "
       f"for llama.cpp: python convert_hf_to_gguf.py {to} --outfile model.gguf")

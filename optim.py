@@ -101,7 +101,7 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
     Peak LRs are absolute; the LR schedule multiplies each group by lr / learning_rate.
     embed_lr: the token/position embeddings' own AdamW LR (0 = learning_rate)."""
     c = model.cfg
-    hs = c.n_embd // c.n_head
+    hs = c.head_dim
     params = [p for p in model.parameters() if p.requires_grad]
     in_blocks = {id(p) for p in model.blocks.parameters()}
     embeds = {id(model.wte.weight)} | ({id(model.wpe.weight)} if model.wpe is not None else set())

@@ -223,7 +223,14 @@ def bpe_files(spec):
 # Loading: spec -> tok with encode / encode_special / decode / n_vocab / eot / special
 
 def load(spec, base_dir=None):
-    """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError."""
+    """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError.
+    tok.chat: the chat format the model was trained with (chat_data.py), the spec's 'chat' or 'chatml'."""
+    tok = _load(spec, base_dir)
+    tok.chat = spec.get('chat', 'chatml')
+    return tok
+
+
+def _load(spec, base_dir=None):
     need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',), 'sp': ('json',)}
     kind = spec.get('kind') if isinstance(spec, dict) else None
     if kind not in need:

@@ -32,7 +32,7 @@ import torch
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from dataset import KNOWN, load_meta, open_splits, prepare_known
-from model import GPT, ModelConfig, make_config
+from model import GPT, SIZES, ModelConfig, make_config, size_config
 from optim import WeightAverage, muon_adamw
 
 # ----------------------------------------------------------------------------- settings
@@ -48,7 +48,9 @@ batch_size = 8            # sequences per micro-step
 block_size = 128          # tokens per sequence (context length)
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all processes
 # model (see model.py; None = take it from the arch preset)
-arch = 'gpt2'             # 'gpt2' or 'llama'
+arch = 'gpt2'             # 'gpt2', 'llama', 'qwen2' or 'qwen3' (model.py's ARCH)
+model_size = ''           # a released model's shape, e.g. gpt2-124m, qwen3-0.6b (model.py's SIZES): sets arch and
+                          # every model setting below but dropout; block_size and the vocabulary stay this run's
 n_layer = 4
 n_head = 4
 n_kv_head = 0             # 0 = n_head; fewer for grouped-query attention
@@ -60,6 +62,9 @@ pos_emb = None            # 'learned' | 'rope'
 mlp = None                # 'gelu' | 'swiglu'
 bias = None
 tie_embeddings = None
+qkv_bias = None           # biases on q, k, v only (Qwen2)
+qk_norm = None            # RMSNorm on each q and k head (Qwen3)
+head_dim = 0              # 0 = n_embd // n_head
 rope_theta = 10000.0
 # optimizer: AdamW (or Muon + AdamW) with a linear warmup, then a cosine decay down to min_lr
 learning_rate = 1e-3      # AdamW's peak LR
@@ -175,9 +180,21 @@ def get_batch(split, gen=None, starts=None):
 
 
 # ----------------------------------------------------------------------------- model, optimizer, resume
-mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
-                   n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
-                   pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
+if model_size:  # a released shape: its preset replaces the model settings, but the run's context and data stay
+    try:
+        mcfg = size_config(model_size, block_size=block_size, vocab_size=meta['vocab_size'], dropout=dropout)
+        with torch.device('meta'):  # the count as released (its own vocabulary), allocating nothing
+            released = GPT(size_config(model_size)).num_params(non_embedding=False)
+    except ValueError as e:
+        die(str(e))
+    arch = SIZES[model_size]['arch']
+    say(f"model_size={model_size}: {released / 1e6:.2f}M parameters as released (vocab {SIZES[model_size]['vocab_size']:,}, "
+        f"context {SIZES[model_size]['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
+else:
+    mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
+                       n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
+                       pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta,
+                       qkv_bias=qkv_bias, qk_norm=qk_norm, head_dim=head_dim)
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
 base_model = init_from if init_from.startswith('hf:') else ckpt.get('base_model', '') if ckpt else ''
 if init_from.startswith('hf:'):  # released weights: their architecture replaces the model settings above
