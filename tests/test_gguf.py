@@ -48,10 +48,9 @@ def tokenizer_folder(folder, kind):
 def our_checkpoint(tmp_path, layout):
     """A random model of the layout (our GPT, no transformers needed) with its family's tokenizer."""
     spec = tokenizer_folder(tmp_path / 'tok', TOKENIZER[layout])
-    if layout == 'qwen3':
-        pytest.skip('the Qwen3 layout (q/k norm) is not in model.py on this branch yet')
-    extra = dict(qkv_bias=True, bias=False, tie_embeddings=True) if layout == 'qwen2' else {}
-    arch = 'gpt2' if layout == 'gpt2' else 'llama'
+    extra = dict(qkv_bias=True, bias=False, tie_embeddings=True) if layout == 'qwen2' else \
+        dict(head_dim=24, tie_embeddings=False) if layout == 'qwen3' else {}  # head_dim != n_embd / n_head
+    arch = {'gpt2': 'gpt2', 'qwen3': 'qwen3'}.get(layout, 'llama')
     cfg = make_config(arch, block_size=64, vocab_size=tokenizer.load(spec).n_vocab + 3, n_layer=2, n_head=4,
                       n_kv_head=None if layout == 'gpt2' else 2, n_embd=64, **extra)
     model = randomize(GPT(cfg)).eval()
@@ -92,7 +91,7 @@ def test_read_back(tmp_path, layout, dtype):
         assert kv[f'{arch}.rope.freq_base'] == cfg.rope_theta
 
     # every tensor of ours is there, once, with its values
-    state, hs = ck['model'], cfg.n_embd // cfg.n_head
+    state, hs = ck["model"], cfg.head_dim or cfg.n_embd // cfg.n_head
     expect = dict(gguf_export.gguf_tensors(cfg, state, arch))
     assert sorted(expect) == sorted(tensors)
     qkv = state['blocks.0.attn.qkv.weight']  # (nh + 2 nkv) * hs rows: the q rows are the first
