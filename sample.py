@@ -161,7 +161,9 @@ if chat:
             answer(text)
     sys.exit(0)
 
-ids = tok.encode(start) if start else [tok.eot]
+ids = tok.encode(start) if start else []
+if tok.bos is not None:  # a tokenizer that begins every text with BOS (Llama 2, Llama 3): so the model was trained
+    ids = [tok.bos] + ids
 if not ids:
     ids = [tok.eot]
 if len(ids) > model.cfg.block_size:

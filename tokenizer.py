@@ -224,9 +224,12 @@ def bpe_files(spec):
 
 def load(spec, base_dir=None):
     """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError.
-    tok.chat: the chat format the model was trained with (chat_data.py), the spec's 'chat' or 'chatml'."""
+    tok.chat: the chat format the model was trained with (chat_data.py), the spec's 'chat' or 'chatml';
+    tok.bos: the id of the token every text begins with (Llama 2 / 3 add one), or None."""
     tok = _load(spec, base_dir)
     tok.chat = spec.get('chat', 'chatml')
+    if getattr(tok, 'bos', None) is None:  # tok.bos: the id every text begins with (Llama 2 / 3), else None
+        tok.bos = tok.special.get(spec['bos']) if isinstance(spec.get('bos'), str) else None
     return tok
 
 
