@@ -36,6 +36,9 @@ prepare  prepare.py's encode rate (MB/s, tokens/s, peak RSS) on the files given,
 
 --json=FILE (any mode) also writes the rows as JSON, with the machine they were measured on.
 Under a machine's load compare numbers only within one bench.py call.
+
+Why one file over 400 lines: one command for every measurement, so each table prints in the
+same format and machine header, and a user finds every benchmark in one --help.
 """
 import itertools
 import json
@@ -48,8 +51,9 @@ import sys
 import tempfile
 import time
 
-import common  # one-line errors
-from common import die
+import cli  # one-line errors
+from cli import die
+import training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,7 +83,7 @@ def machine():
     except OSError:
         pass
     info = {'cpu': cpu, 'cores': os.cpu_count(), 'torch threads': torch.get_num_threads(), 'torch': torch.__version__,
-            'bf16 instructions': common.cpu_bf16_flags() or 'none', 'load (1 min)': round(os.getloadavg()[0], 2)}
+            'bf16 instructions': training.cpu_bf16_flags() or 'none', 'load (1 min)': round(os.getloadavg()[0], 2)}
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name()
     return info
@@ -91,11 +95,11 @@ def peak_flops(device='cpu'):
     import torch
     kind = device.split(':')[0]
     n = 4096 if kind == 'cuda' else 1024
-    out = {'float32': common.measure_flops(device, torch.float32, n=n)}
-    emulated = kind == 'cpu' and not common.cpu_bf16_flags()
-    out['bfloat16'] = common.measure_flops(device, torch.bfloat16, **(dict(n=256, rounds=2) if emulated else dict(n=n)))
+    out = {'float32': training.measure_flops(device, torch.float32, n=n)}
+    emulated = kind == 'cpu' and not training.cpu_bf16_flags()
+    out['bfloat16'] = training.measure_flops(device, torch.bfloat16, **(dict(n=256, rounds=2) if emulated else dict(n=n)))
     if kind == 'cuda':
-        out['float16'] = common.measure_flops(device, torch.float16, n=n)
+        out['float16'] = training.measure_flops(device, torch.float16, n=n)
     return out
 
 
@@ -147,7 +151,7 @@ def bench_log(args):
     path = os.path.join(paths[0], 'log.jsonl') if os.path.isdir(paths[0]) else paths[0]
     if not os.path.isfile(path):
         die(f"{path} not found")
-    return [{'mode': 'log', 'run': paths[0], **log_summary(common.read_log(path), targets)}]
+    return [{'mode': 'log', 'run': paths[0], **log_summary(training.read_log(path), targets)}]
 
 
 def bench_train(args):
@@ -167,7 +171,7 @@ def bench_train(args):
             wall = time.time() - t0
             if code:
                 die(f"train.py failed ({code}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
-            log_rows = common.read_log(os.path.join(out, 'log.jsonl'))
+            log_rows = training.read_log(os.path.join(out, 'log.jsonl'))
             ck = load_checkpoint(os.path.join(out, 'ckpt.pt'))
         cfg, summary = ck['config'], log_summary(log_rows, targets)
         # the dtype and device the run resolved 'auto' to, from its "model: ... | cpu float32 x1" line
@@ -501,14 +505,19 @@ def prepare_mode(args):
 
 
 def show(rows):
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[str(r.get(k, '')) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print(' | '.join(k.ljust(w) for k, w in zip(keys, widths)))
-    print('-+-'.join('-' * w for w in widths))
-    for c in cells:
-        print(' | '.join(v.ljust(w) for v, w in zip(c, widths)))
-
+    """Rows as aligned tables: one table per kind of row (its 'mode': step rows, then the peak row,
+    ...), each with only its own columns, so every column lines up under its header."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r.get('mode'), []).append(r)
+    for n, group in enumerate(groups.values()):
+        keys = list(dict.fromkeys(k for r in group for k in r))
+        cells = [[str(r.get(k, '')) for k in keys] for r in group]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print(('\n' if n else '') + ' | '.join(k.ljust(w) for k, w in zip(keys, widths)).rstrip())
+        print('-+-'.join('-' * w for w in widths))
+        for c in cells:
+            print(' | '.join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
 
 
 if __name__ == '__main__':
@@ -528,5 +537,5 @@ if __name__ == '__main__':
     show(rows)
     print('\nmeasured on: ' + ', '.join(f'{k} {v}' for k, v in info.items()))
     if json_path:
-        with common.atomic_write(json_path) as f:
+        with cli.atomic_write(json_path) as f:
             json.dump({'rows': rows, 'argv': sys.argv[1:], 'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'machine': info}, f, indent=1)

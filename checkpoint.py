@@ -21,7 +21,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from common import atomic_write, die, fsync_dir, gather
+from cli import atomic_write, die, fsync_dir
+from training import gather
 from model import GPT, ModelConfig, add_lora, merge_lora
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl', 'loss.png')  # plus ckpt_<iter>.pt: what a run writes in out_dir

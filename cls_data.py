@@ -3,7 +3,7 @@ Labelled text for finetune_cls.py: read it, split it, turn it into batches, scor
 
   read_examples   .csv / .tsv (a header row; quoted fields may hold commas, quotes and newlines)
                   or .jsonl -> [(where, text, label)], where = 'file:line'; bad rows follow
-                  common.bad_line's policy (stop naming the row, or --skip_bad_lines)
+                  cli.bad_line's policy (stop naming the row, or --skip_bad_lines)
   label_names     the sorted label set: position = class id
   split           a seeded split that keeps every label's share in each part
   encode          token ids cut to the context by a stated rule, end-of-text appended
@@ -20,7 +20,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from common import bad_line, die, read_jsonl
+from cli import bad_line, die, read_jsonl
 
 csv.field_size_limit(1 << 28)  # the default (128 KB a field) would refuse a long review
 

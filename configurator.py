@@ -18,7 +18,7 @@ import os
 import sys
 import types
 
-from common import die  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
+from cli import die  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,8 @@ def _unknown(key, known):
 
 
 def _apply_file(config, path):
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a folder; name a .py file in it, e.g. config/train_verdict.py")
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' not found (configs live in config/, e.g. config/train_verdict.py)")
     scope = dict(config)  # a config file may read the settings so far: lr_decay_iters = max_iters

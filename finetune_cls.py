@@ -20,8 +20,11 @@ saved in the checkpoint. val and test come from their own files or a stratified 
 
 Read top to bottom like train.py: settings, setup, --classify, data, model, the loop, the end
 (the test report). Reading, splitting, batching and scoring are in cls_data.py; the run
-machinery (signals, checkpoints, resume, the log) in common.py and checkpoint.py.
+machinery (device, signals, the log: training.py and cli.py; checkpoints, resume: checkpoint.py).
 One process, no torchrun: a classifier is a small job for a CPU, a Mac or one GPU.
+
+Why one file over 400 lines: like train.py it is read top to bottom, and its extra length is
+the --classify mode and the test report a user asked for in the same command.
 """
 import json
 import math
@@ -29,8 +32,9 @@ import os
 import time
 from dataclasses import asdict
 
-import common  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
-from common import die
+import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
+from cli import die
+import training
 from configurator import configure
 import numpy as np
 import torch
@@ -101,31 +105,36 @@ swanlab_run_name = ''
 device = 'auto'           # 'auto' = cuda > mps > cpu
 dtype = 'auto'            # 'auto' = bfloat16 on GPUs that have it, float16 + GradScaler on older ones, float32 on CPU/MPS
 config = configure(globals())
+
+
+def check_settings():
+    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
+    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval',
+                                             'keep_last_n', 'n_last', 'lora_rank') if config[k] < 1]
+    if too_small:
+        die(f"{', '.join(too_small)}: must be at least 1")
+    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size, eval_examples) < 0:
+        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size and "
+            "eval_examples must not be negative")
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        die(f"val_frac={val_frac}, test_frac={test_frac}: each in [0, 1), and together below 1 (0.1 holds out 10% of each label)")
+    if min_lr > learning_rate:
+        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
+    if trainable not in ('head', 'last', 'all', 'lora'):
+        die(f"trainable={trainable!r} must be 'head', 'last' (with n_last), 'all' or 'lora'")
+    if truncation not in ('keep_end', 'keep_start'):
+        die(f"truncation={truncation!r} must be 'keep_end' or 'keep_start'")
+    if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
+        die(f"init_from={init_from!r} must be 'base' (the run in base_dir), 'resume' or 'hf:<folder>'")
+    if not out_dir or os.path.isfile(out_dir):
+        die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-cls")
+    if 'RANK' in os.environ:
+        die("finetune_cls.py runs in one process; start it with python, not torchrun")
+
+
+check_settings()
 # ----------------------------------------------------------------------------- setup
-
-too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval',
-                                         'keep_last_n', 'n_last', 'lora_rank') if config[k] < 1]
-if too_small:
-    die(f"{', '.join(too_small)}: must be at least 1")
-if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size, eval_examples) < 0:
-    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size and "
-        "eval_examples must not be negative")
-if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-    die(f"val_frac={val_frac}, test_frac={test_frac}: each in [0, 1), and together below 1 (0.1 holds out 10% of each label)")
-if min_lr > learning_rate:
-    die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
-if trainable not in ('head', 'last', 'all', 'lora'):
-    die(f"trainable={trainable!r} must be 'head', 'last' (with n_last), 'all' or 'lora'")
-if truncation not in ('keep_end', 'keep_start'):
-    die(f"truncation={truncation!r} must be 'keep_end' or 'keep_start'")
-if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
-    die(f"init_from={init_from!r} must be 'base' (the run in base_dir), 'resume' or 'hf:<folder>'")
-if not out_dir or os.path.isfile(out_dir):
-    die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-cls")
-if 'RANK' in os.environ:
-    die("finetune_cls.py runs in one process; start it with python, not torchrun")
-
-env = common.init_run(device, dtype)
+env = training.init_run(device, dtype)
 say, device = env.say, env.device
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))  # fp16 (T4) needs loss scaling
 
@@ -182,7 +191,7 @@ if classify:
     for (_, _, text), p in zip(encoded, probs):
         k = int(p.argmax())
         print(f"{labels[k]}\t{p[k]:.3f}" + (f"\t{text}" if classify.startswith('FILE:') else ''))
-    common.leave(0)
+    training.leave(0)
 
 # ----------------------------------------------------------------------------- data: read, split, check the labels
 if not data:
@@ -336,8 +345,8 @@ def eval_and_checkpoint():
 if old_run:  # every setting has passed its checks: only now may the old run go
     clear_run(out_dir, old_run)
 os.makedirs(out_dir, exist_ok=True)
-log = common.open_log(env, out_dir, iter_num, last_eval, config)
-common.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
+log = training.open_log(env, out_dir, iter_num, last_eval, config)
+cli.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
 
 # ----------------------------------------------------------------------------- the loop
 say(f"config: {json.dumps(config)}")
@@ -358,7 +367,7 @@ model.train()
 start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
-    lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
+    lr = training.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 and iter_num != last_eval:  # iter 0 too: the untrained head
@@ -395,17 +404,17 @@ while iter_num < max_iters:
             f"eta {(max_iters - iter_num - 1) * dt / 60:.1f} min")
     iter_num += 1
 
-    stop = common.should_stop(env)
+    stop = training.should_stop(env)
     if stop:
         checkpoint()
-        common.leave_resumable(env, stop, iter_num, out_dir, say)
+        training.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end: the test report
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)
 if finished:
     eval_and_checkpoint()
     say(f"{iter_num - start_iter} iters in {time.perf_counter() - t_start:.1f} s")
-    say(common.plot_log(out_dir))
+    say(training.plot_log(out_dir))
 # The weights val chose (best.pt), measured once on texts that chose nothing.
 split = 'test' if len(examples['test'][1]) else 'val'
 model.load_state_dict(load_checkpoint(os.path.join(out_dir, 'best.pt'))['model'])
@@ -419,4 +428,4 @@ say(f"{split} ({len(y):,} texts{'' if split == 'test' else ', no test split'}), 
 say('\n'.join(cls_data.report(got, labels)))
 log(iter=iter_num, **{f'{split}_acc': got['accuracy'], f'{split}_macro_f1': got['macro_f1'],
                       'baseline_acc': base_line['accuracy']})
-common.leave(0)
+training.leave(0)

@@ -10,26 +10,27 @@ from chat or instruction records, and the loss counts only the assistant's token
 
 Data: one file of chat records ({"messages": [{"role": ..., "content": ...}, ...]}) or Alpaca
 records ({"instruction", "input", "output"}), as JSONL or a JSON array. Every example is put in
-the one chat template (chat.py), tokenized once into a cache of memmaps, and drawn whole into
+the one chat template (chat_data.py), tokenized once into a cache of memmaps, and drawn whole into
 batches padded to their longest example. The base run's tokenizer comes along; when it has no
 chat tokens (gpt2) they are added, the vocabulary grows, and the new checkpoint's tokenizer
 knows them, so sample.py and resume need no flag.
 
 Read top to bottom like train.py: settings, setup, the starting model, data, the loop, the end.
-The run machinery (DDP, signals, checkpoints, resume, the log) is common.py and checkpoint.py.
+The run machinery (device and DDP, the log: training.py; checkpoints and resume: checkpoint.py) is shared.
 """
 import json
 import os
 import time
 from dataclasses import asdict
 
-import common  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
-from common import die
+import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
+from cli import die
+import training
 from configurator import configure
 import numpy as np
 import torch
 
-import chat
+import chat_data
 import tokenizer
 from checkpoint import clear_run, load_model, restore_run, resume_notes, save_run, start_run
 from model import GPT, ModelConfig, add_lora, grow_vocab
@@ -91,30 +92,38 @@ gradient_checkpointing = False  # recompute each block's activations (and the lo
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
 config = configure(globals())
+
+
+def check_settings():
+    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
+    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                                             'log_interval', 'keep_last_n') if config[k] < 1]
+    if too_small:
+        die(f"{', '.join(too_small)}: must be at least 1")
+    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens,
+           block_size, lora_rank, lora_alpha, lora_dropout) < 0 or lora_dropout >= 1:
+        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens, "
+            "block_size, lora_rank and lora_alpha must not be negative, and lora_dropout must be in [0, 1)")
+    if not 0 < val_fraction < 1:
+        die(f"val_fraction={val_fraction} must be above 0 and below 1: the run needs val records (0.05 holds out 5% of them)")
+    if min_lr > learning_rate:
+        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
+    if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
+        die(f"init_from={init_from!r} must be 'base' (the train.py run in base_dir), 'resume' or 'hf:<folder>'")
+    if not out_dir or os.path.isfile(out_dir):
+        die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-sft")
+
+    if fsdp and 'RANK' not in os.environ:
+        die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N finetune_sft.py ...")
+    if fsdp and lora_rank:
+        die("fsdp=True with LoRA is not supported (the adapters are small: use DDP, the default under torchrun)")
+    if peak_flops < 0:
+        die(f"peak_flops={peak_flops} must be a device's FLOP/s (e.g. 989e12 for an H100), or 0 to measure or look it up")
+
+
+check_settings()
 # ----------------------------------------------------------------------------- setup
-
-too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                                         'log_interval', 'keep_last_n') if config[k] < 1]
-if too_small:
-    die(f"{', '.join(too_small)}: must be at least 1")
-if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens,
-       block_size, lora_rank, lora_alpha, lora_dropout) < 0 or lora_dropout >= 1:
-    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens, "
-        "block_size, lora_rank and lora_alpha must not be negative, and lora_dropout must be in [0, 1)")
-if not 0 < val_fraction < 1:
-    die(f"val_fraction={val_fraction} must be between 0 and 1 (0.05 holds out 5% of the records)")
-if min_lr > learning_rate:
-    die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
-if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
-    die(f"init_from={init_from!r} must be 'base' (the train.py run in base_dir), 'resume' or 'hf:<folder>'")
-if not out_dir or os.path.isfile(out_dir):
-    die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-sft")
-
-if fsdp and 'RANK' not in os.environ:
-    die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N finetune_sft.py ...")
-if fsdp and lora_rank:
-    die("fsdp=True with LoRA is not supported (the adapters are small: use DDP, the default under torchrun)")
-env = common.init_run(device, dtype, dist_timeout)  # (no bf16 probe on a CPU: float32 unless asked)
+env = training.init_run(device, dtype, dist_timeout)  # (no width given: float32 on a CPU unless asked)
 say, device = env.say, env.device
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))
 accum = max(1, gradient_accumulation_steps // env.world)  # split over processes, as in train.py
@@ -149,7 +158,7 @@ else:
     if tok.kind == 'char':
         die(f"{base_model} uses the char tokenizer, which has no chat tokens; pretrain the base on data prepared "
             f"with --tokenizer=bpe (it reserves <|im_start|> and <|im_end|>) or gpt2")
-    missing = [s for s in (chat.IM_START, chat.IM_END) if s not in tok.special]
+    missing = [s for s in (chat_data.IM_START, chat_data.IM_END) if s not in tok.special]
     new_from = None
     if missing:  # gpt2 & co: the chat tokens take the next free ids, and the model gets rows for them
         new_from = tok.n_vocab
@@ -162,7 +171,7 @@ else:
 tok = tokenizer.load(tok_spec)
 if tok.n_vocab > mcfg.vocab_size:
     die(f"the tokenizer has {tok.n_vocab:,} tokens but the model only {mcfg.vocab_size:,} rows")
-im_start, im_end = chat.chat_ids(tok)
+im_start, im_end = chat_data.chat_ids(tok)
 torch.manual_seed(seed)  # the same adapters on every process
 if lora:  # only the adapters train, and the rows of tokens added just now (their old rows stay frozen)
     add_lora(raw_model, lora_rank, lora_alpha, lora_dropout, lora_targets)
@@ -184,19 +193,19 @@ if not os.path.exists(data_file):
     if not data_url:
         die(f"data file {data_file} not found; pass your chat or Alpaca records with --data_file=PATH")
     if env.master:
-        chat.download(data_url, data_file, say)
+        chat_data.download(data_url, data_file, say)
 cache_dir = cache_dir or os.path.join('data', 'sft-' + os.path.basename(data_file).split('.')[0])
 if env.master:  # tokenized once; later runs (and the other processes) read the cache
-    chat.build_cache(data_file, tok, tok_spec, cache_dir, val_fraction, seed, skip_bad_lines, say)
+    chat_data.build_cache(data_file, tok, tok_spec, cache_dir, val_fraction, seed, skip_bad_lines, say)
 if env.ddp:
     torch.distributed.barrier()
-data, meta = chat.load_cache(cache_dir)
+data, meta = chat_data.load_cache(cache_dir)
 block = block_size or mcfg.block_size
 if block > mcfg.block_size:
     die(f"block_size={block_size} is more than the model's context ({mcfg.block_size}); use {mcfg.block_size} or less")
 examples, notes = {}, []
 for split in ('train', 'val'):
-    examples[split], n_cut, n_dropped = chat.usable(data[split], block)
+    examples[split], n_cut, n_dropped = chat_data.usable(data[split], block)
     if n_cut or n_dropped:
         notes.append(f"{split}: {n_cut} cut to their first {block + 1} tokens, {n_dropped} dropped (no reply token inside them)")
     if len(examples[split]) == 0:
@@ -206,8 +215,8 @@ for split in ('train', 'val'):
 
 def get_batch(split, ix):
     """Examples ix (positions in examples[split]) -> x, y (B, T) on the device, and the number of
-    targets the loss counts. T is the longest example's length - 1; see chat.make_batch."""
-    x, y = chat.make_batch(data[split], examples[split][ix], block, tok.eot)
+    targets the loss counts. T is the longest example's length - 1; see chat_data.make_batch."""
+    x, y = chat_data.make_batch(data[split], examples[split][ix], block, tok.eot)
     n = int((y != -100).sum())
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     if env.device_type == 'cuda':
@@ -221,7 +230,7 @@ eval_ix = {'val': np.arange(min(n_eval, len(examples['val']))),
            'train': torch.randperm(len(examples['train']), generator=torch.Generator().manual_seed(seed + 7))[:n_eval].numpy()}
 
 # ----------------------------------------------------------------------------- optimizer, resume
-model = common.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
+model = training.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), never_decay=grown)
 # Training examples come from one generator, the same on every process (each takes its slice of
 # the global batch): its state is the data position, whatever the number of processes.
@@ -235,7 +244,7 @@ if ckpt is not None:
     iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
     del ckpt
-peak_flops = peak_flops or common.peak_flops(env)
+peak_flops = peak_flops or training.peak_flops(env)
 
 
 @torch.no_grad()
@@ -275,8 +284,8 @@ if env.master and old_run:  # every setting has passed its checks: only now may 
     clear_run(out_dir, old_run)
 if env.master:
     os.makedirs(out_dir, exist_ok=True)
-log = common.open_log(env, out_dir, iter_num, last_eval, config)
-common.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
+log = training.open_log(env, out_dir, iter_num, last_eval, config)
+cli.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
 
 # ----------------------------------------------------------------------------- the loop
 say(f"config: {json.dumps(config)}")
@@ -296,7 +305,7 @@ model.train()
 start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
-    lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
+    lr = training.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 and iter_num != last_eval:  # iter 0 too: the base model's val loss
@@ -315,7 +324,7 @@ while iter_num < max_iters:
     n_step = n_step.item() / env.world  # (DDP averages the gradients over processes: a mean, not a sum)
     loss_sum, n_tokens = torch.zeros((), device=device), 0
     for micro, (x, y, n) in enumerate(batches):
-        common.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
+        training.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
         with env.autocast:
             _, loss = model(x, y)  # the mean over this batch's reply tokens
         scaler.scale(loss * (n / n_step)).backward()
@@ -324,10 +333,16 @@ while iter_num < max_iters:
     if env.ddp:
         torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
     loss_value = loss_sum.item()  # one sync per step
-    # clip, step, zero the gradients; a NaN/inf loss stops the run, or skips the step (skip_nonfinite)
-    if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
+    if training.check_loss(loss_value, skip_nonfinite, (iter_num, learning_rate, out_dir)):  # NaN/inf: stop, or skip
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
+    else:
+        if grad_clip:  # clip the true gradients: under fp16 they are scaled up until unscaled
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
@@ -338,10 +353,10 @@ while iter_num < max_iters:
             f"mfu {mfu * 100:.1f}% | eta {(max_iters - iter_num - 1) * dt / 60:.1f} min")
     iter_num += 1
 
-    stop = common.should_stop(env)  # every process stops at the same step
+    stop = training.should_stop(env)  # every process stops at the same step
     if stop:
         checkpoint()
-        common.leave_resumable(env, stop, iter_num, out_dir, say)
+        training.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num
@@ -349,14 +364,14 @@ if finished:
     eval_and_checkpoint()
     say(f"{iter_num - start_iter} iters in {time.perf_counter() - t_start:.1f} s")
 if env.master and finished:
-    say(common.plot_log(out_dir))
+    say(training.plot_log(out_dir))
     if sample_prompt:  # one reply, through the same template sample.py --chat uses
         messages = ([{'role': 'system', 'content': sample_system}] if sample_system else []) + [{'role': 'user', 'content': sample_prompt}]
-        ids = chat.prompt_ids(tok, messages)
+        ids = chat_data.prompt_ids(tok, messages)
         raw_model.eval()
         with torch.no_grad(), env.autocast:
             out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8,
                                      top_k=200, stop_tokens={im_end, tok.eot}, generator=torch.Generator(device).manual_seed(seed))
         reply = [t for t in out[0, len(ids):].tolist() if t not in (im_end, tok.eot)]
         say(f"sample:\n> {sample_prompt}\n{tok.decode(reply)}")
-common.leave(0)
+training.leave(0)

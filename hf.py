@@ -9,13 +9,19 @@ transformers, vLLM or llama.cpp's HF-to-GGUF converter.
   export_hf(ckpt, out)  one of our checkpoints -> config.json, model.safetensors and the tokenizer
   read_tokenizer(dir)   tokenizer.json (or GPT-2's vocab.json + merges.txt) -> a spec for tokenizer.load
 
-Read: GPT2LMHeadModel, LlamaForCausalLM (also SmolLM, Llama 3.x) and Qwen2ForCausalLM; written:
-GPT2LMHeadModel or LlamaForCausalLM. Weights differ from ours by the renames in NAMES; besides
+Read: GPT2LMHeadModel, LlamaForCausalLM (also SmolLM, Llama 3.x), Qwen2ForCausalLM (Qwen2, Qwen2.5) and
+Qwen3ForCausalLM; written: GPT2LMHeadModel, LlamaForCausalLM or (with qk_norm) Qwen3ForCausalLM. Weights differ from ours by the renames in NAMES; besides
 that, GPT-2's Conv1D matrices are stored transposed, and HF's separate q/k/v projections are rows
 of our one fused qkv. Whatever in config.json changes the math and is not implemented here is
 refused with a ValueError naming the field, never ignored. Tokenizers are read without
-transformers: a byte-level BPE becomes a tiktoken encoding; SentencePiece ones (Llama 2, TinyLlama)
-are refused. safetensors files need the safetensors package (pip install safetensors).
+transformers: a byte-level BPE becomes a tiktoken encoding; a SentencePiece-style BPE tokenizer.json
+(Llama 2, TinyLlama, Mistral) runs in sp_tokenizer.py; tokenizer.model alone is refused.
+safetensors files need the safetensors package (pip install safetensors).
+The chat template of a Qwen2.5 / Qwen3 folder is recognized (chat_format) and kept in the tokenizer
+spec, so chat_data.py formats conversations as the model was trained to read them.
+
+Why one file over 400 lines: the two directions (load and export) share one table of renames
+and one config mapping; a fix to a family's names must land in both at once.
 """
 import hashlib
 import json
@@ -44,11 +50,13 @@ NAMES = {
         'ln_f': 'transformer.ln_f',
         'lm_head': 'lm_head',
     },
-    'llama': {  # Llama and Qwen2 (which differ only in which biases exist)
+    'llama': {  # Llama, Qwen2 and Qwen3 (which differ in which biases and norms exist)
         'wte': 'model.embed_tokens',
         'blocks.{i}.ln_1': 'model.layers.{i}.input_layernorm',
         'blocks.{i}.attn.qkv': tuple(f'model.layers.{{i}}.self_attn.{p}_proj' for p in 'qkv'),
         'blocks.{i}.attn.o_proj': 'model.layers.{i}.self_attn.o_proj',
+        'blocks.{i}.attn.q_norm': 'model.layers.{i}.self_attn.q_norm',  # Qwen3 only (qk_norm)
+        'blocks.{i}.attn.k_norm': 'model.layers.{i}.self_attn.k_norm',
         'blocks.{i}.ln_2': 'model.layers.{i}.post_attention_layernorm',
         'blocks.{i}.mlp.gate_proj': 'model.layers.{i}.mlp.gate_proj',
         'blocks.{i}.mlp.up_proj': 'model.layers.{i}.mlp.up_proj',
@@ -59,8 +67,10 @@ NAMES = {
 }
 CONV1D = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')  # GPT-2 stores these (in, out): transposed
 IGNORED = re.compile(r'\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$')  # buffers old checkpoints saved
-ARCHS = {'GPT2LMHeadModel': 'gpt2', 'LlamaForCausalLM': 'llama', 'Qwen2ForCausalLM': 'qwen2',
-         'gpt2': 'gpt2', 'llama': 'llama', 'qwen2': 'qwen2'}  # (model_type when architectures is absent)
+ARCHS = {'GPT2LMHeadModel': 'gpt2', 'LlamaForCausalLM': 'llama', 'Qwen2ForCausalLM': 'qwen2', 'Qwen3ForCausalLM': 'qwen3',
+         'gpt2': 'gpt2', 'llama': 'llama', 'qwen2': 'qwen2', 'qwen3': 'qwen3'}  # (model_type when architectures is absent)
+# Known and refused by name: their experts have no place in our one MLP per block.
+MOE = ('MixtralForCausalLM', 'Qwen2MoeForCausalLM', 'Qwen3MoeForCausalLM', 'qwen2_moe', 'qwen3_moe', 'mixtral')
 
 # config.json fields that change the math: the values we implement (absent = HF's default, the first).
 REQUIRED = {
@@ -68,6 +78,7 @@ REQUIRED = {
              'scale_attn_by_inverse_layer_idx': (False,), 'add_cross_attention': (False,)},
     'llama': {'hidden_act': ('silu',), 'partial_rotary_factor': (1.0, None)},
     'qwen2': {'hidden_act': ('silu',), 'partial_rotary_factor': (1.0, None), 'use_sliding_window': (False,)},
+    'qwen3': {'hidden_act': ('silu',), 'partial_rotary_factor': (1.0, None), 'use_sliding_window': (False,)},
 }
 
 # GPT-2's pre-split as HF's ByteLevel pre-tokenizer writes it (the same as tiktoken's gpt2).
@@ -98,11 +109,16 @@ def _read_json(path):
 # ----------------------------------------------------------------------------- config.json <-> ModelConfig
 
 def config_from_hf(hc, where='config.json'):
-    """HF config dict -> (ModelConfig, family 'gpt2' | 'llama' | 'qwen2')."""
+    """HF config dict -> (ModelConfig, family 'gpt2' | 'llama' | 'qwen2' | 'qwen3')."""
     arch = (hc.get('architectures') or [hc.get('model_type')])[0]
     family = ARCHS.get(arch)
+    experts = [k for k in ('num_experts', 'num_local_experts', 'n_routed_experts') if hc.get(k)]
+    if arch in MOE or experts:
+        raise ValueError(f"{where}: {f'{experts[0]}={hc[experts[0]]}' if experts else f'architectures={arch!r}'}: mixture of "
+                         f"experts is not supported (nanolm has one MLP per block); refused")
     if family is None:
-        raise ValueError(f"{where}: architecture {arch!r} is not supported (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM)")
+        raise ValueError(f"{where}: architecture {arch!r} is not supported (GPT2LMHeadModel, LlamaForCausalLM, "
+                         f"Qwen2ForCausalLM, Qwen3ForCausalLM)")
 
     def refuse(field, why):
         raise ValueError(f"{where}: {field}={hc.get(field)!r} {why}; refused rather than ignored")
@@ -120,8 +136,9 @@ def config_from_hf(hc, where='config.json'):
             n_embd=get('n_embd'), ffn_hidden=hc.get('n_inner') or 0, norm='layernorm', norm_eps=hc.get('layer_norm_epsilon', 1e-5),
             pos_emb='learned', mlp='gelu', bias=True, tie_embeddings=hc.get('tie_word_embeddings', True)), family
     n_embd, n_head = get('hidden_size'), get('num_attention_heads')
-    if hc.get('head_dim') not in (None, n_embd // n_head):
-        refuse('head_dim', f"is not hidden_size / num_attention_heads = {n_embd // n_head}")
+    head_dim = hc.get('head_dim') or 0  # Qwen3 sets its own (128 at every size); absent = hidden_size / heads
+    if not isinstance(head_dim, int) or head_dim < 0 or head_dim % 2:
+        refuse('head_dim', "is not an even number of dimensions (rope needs pairs)")
     if set(hc.get('layer_types') or ['full_attention']) != {'full_attention'}:
         refuse('layer_types', "asks for sliding-window attention")
     # Rope: transformers 5 writes rope_parameters (with rope_theta in it); older files rope_scaling + rope_theta.
@@ -141,20 +158,22 @@ def config_from_hf(hc, where='config.json'):
                        rope_original_max_pos=int(rope.get('original_max_position_embeddings') or get('max_position_embeddings')))
     # Qwen2: biases on q, k and v only. Llama: attention_bias puts them on q, k, v and o, mlp_bias on
     # the MLP; attention biases alone are our qkv_bias (the o_proj bias must then be zero: checked later).
+    # Qwen3: attention_bias (false in every release) as Llama's, and no mlp_bias field.
     bias = family == 'llama' and bool(hc.get('attention_bias')) and bool(hc.get('mlp_bias'))
     qkv_bias = family == 'qwen2' or bool(hc.get('attention_bias')) and not bias
     if family == 'llama' and hc.get('mlp_bias') and not bias:
         refuse('mlp_bias', "without attention_bias (biases in the MLP only) is not implemented")
     return ModelConfig(
         block_size=get('max_position_embeddings'), vocab_size=get('vocab_size'), n_layer=get('num_hidden_layers'),
-        n_head=n_head, n_kv_head=hc.get('num_key_value_heads') or n_head, n_embd=n_embd, ffn_hidden=get('intermediate_size'),
+        n_head=n_head, n_kv_head=hc.get('num_key_value_heads') or n_head, n_embd=n_embd, head_dim=head_dim,
+        ffn_hidden=get('intermediate_size'), qk_norm=family == 'qwen3',
         norm='rmsnorm', norm_eps=hc.get('rms_norm_eps', 1e-6), pos_emb='rope',
         rope_theta=float(rope.get('rope_theta', hc.get('rope_theta', 10000.0))), mlp='swiglu', bias=bias,
         qkv_bias=qkv_bias, tie_embeddings=hc.get('tie_word_embeddings', False), **scaling), family
 
 
 def family_of(cfg):
-    """The HF class that computes exactly what cfg does: 'gpt2' or 'llama'; refuses a mix. (Qwen2-style
+    """The HF class that computes exactly what cfg does: 'gpt2', 'llama' or 'qwen3' (qk_norm); refuses a mix. (Qwen2-style
     q/k/v biases export as Llama's attention_bias with a zero o_proj bias: transformers gives a
     Qwen2 model Qwen2's own pre-tokenizer, whatever tokenizer.json says.)"""
     parts = (cfg.pos_emb, cfg.norm, cfg.mlp)
@@ -163,6 +182,10 @@ def family_of(cfg):
             raise ValueError(f"GPT-2 with grouped-query attention (n_kv_head={cfg.n_kv_head}) has no Hugging Face "
                              f"class; export refused")
         return 'gpt2'
+    if parts == ('rope', 'rmsnorm', 'swiglu') and cfg.qk_norm:
+        if cfg.bias:
+            raise ValueError("qk_norm with bias=True (biases in the MLP too) has no Hugging Face class; export refused")
+        return 'qwen3'
     if parts == ('rope', 'rmsnorm', 'swiglu'):
         return 'llama'
     raise ValueError(f"pos_emb={cfg.pos_emb}, norm={cfg.norm}, mlp={cfg.mlp} is neither GPT-2 (learned, layernorm, gelu) "
@@ -180,11 +203,13 @@ def config_to_hf(cfg, family, eos_id, bos_id, dtype):
     rope_scaling = None if cfg.rope_scaling_factor == 1.0 else dict(
         rope_type='llama3', factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
         high_freq_factor=cfg.rope_high_freq_factor, original_max_position_embeddings=cfg.rope_original_max_pos)
-    return dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=cfg.n_embd,
-                intermediate_size=cfg.ffn_hidden, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                num_key_value_heads=cfg.n_kv_head, head_dim=cfg.n_embd // cfg.n_head, hidden_act='silu',
-                max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-                rope_scaling=rope_scaling, attention_bias=cfg.bias or cfg.qkv_bias, mlp_bias=cfg.bias, **common)
+    shape = dict(hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_hidden, num_hidden_layers=cfg.n_layer,
+                 num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim, hidden_act='silu',
+                 max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+                 rope_scaling=rope_scaling, attention_bias=cfg.bias or cfg.qkv_bias, **common)
+    if family == 'qwen3':  # (its attention_bias also puts a bias on o_proj: written as zeros, like Llama's)
+        return dict(architectures=['Qwen3ForCausalLM'], model_type='qwen3', use_sliding_window=False, **shape)
+    return dict(architectures=['LlamaForCausalLM'], model_type='llama', mlp_bias=cfg.bias, **shape)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -251,7 +276,7 @@ def state_from_hf(cfg, family, hf, dtype=torch.float32, where='the weights'):
 def state_to_hf(cfg, family, state, dtype):
     """Our state_dict -> their tensors. Where their class has a bias and ours none (GPT-2's layers and
     final norm always have them; Llama's attention_bias includes o_proj), a zero bias computes the same."""
-    out, hs = {}, cfg.n_embd // cfg.n_head
+    out, hs = {}, cfg.head_dim
     for ours, names in _pairs(family, cfg.n_layer):
         if ours == 'lm_head.weight' and cfg.tie_embeddings:
             continue  # HF ties it to the embedding itself (and safetensors refuses shared tensors)
@@ -378,6 +403,8 @@ def read_tokenizer(folder, hc=None):
     folder, hc = Path(folder), hc or {}
     tc = _read_json(folder / 'tokenizer_config.json') if (folder / 'tokenizer_config.json').is_file() else {}
     where = folder / 'tokenizer.json'
+    if where.is_file() and _sentencepiece_style(_read_json(where)):
+        return _sp_spec(folder, where, tc, hc)
     if where.is_file():
         vocab, merges, added, pat, normalize, bos, ignore_merges = _read_tokenizer_json(where)
     elif (folder / 'vocab.json').is_file() and (folder / 'merges.txt').is_file():  # GPT-2's own files
@@ -410,8 +437,74 @@ def read_tokenizer(folder, hc=None):
     spec.update({k: v for k, v in [('normalize', normalize), ('bos', bos)] if v})
     if eot != tokenizer.EOT:
         spec['eot'] = eot
+    fmt, template = chat_format(folder, tc)
+    if fmt:  # kept with the checkpoint: fine-tuning and chat use it, export writes it back
+        spec.update(chat=fmt, chat_template=template)
     tokenizer.load(spec)  # fails now, in one line, if tiktoken rejects it (e.g. the regex)
     return spec
+
+
+def _sentencepiece_style(tj):
+    """Is this tokenizer.json SentencePiece-style (Llama 2, TinyLlama, Mistral): characters with '▁' for
+    spaces and a byte fallback, rather than byte-level? Unigram and WordPiece count too (to be refused
+    by name in sp_tokenizer)."""
+    m, steps = tj.get('model') or {}, json.dumps([tj.get('pre_tokenizer'), tj.get('normalizer')], ensure_ascii=False)
+    return m.get('type') != 'BPE' or bool(m.get('byte_fallback')) or '"Metaspace"' in steps or '▁' in steps
+
+
+def _sp_spec(folder, where, tc, hc):
+    """A SentencePiece-style tokenizer.json -> an 'sp' spec that holds the file's text (tokenizer.load
+    checks it now, refusing what sp_tokenizer.py does not reproduce with one line naming the field)."""
+    text = where.read_text(encoding='utf-8')
+    tj = json.loads(text)
+    added = {a['content']: a['id'] for a in tj.get('added_tokens') or []}
+
+    def name(field):
+        v = tc.get(field)
+        return v.get('content') if isinstance(v, dict) else v
+    by_id = {i: s for s, i in added.items()}
+    eos_ids = hc.get('eos_token_id') if isinstance(hc.get('eos_token_id'), list) else [hc.get('eos_token_id')]
+    eot = next((s for s in [name('eos_token'), '</s>'] + [by_id.get(i) for i in eos_ids] if s in added), None)
+    post, bos = tj.get('post_processor') or {}, None
+    for p in post.get('processors', [post]):  # TemplateProcessing '<s> $A': a BOS before every text
+        first = (p.get('single') or [{}])[0] if p.get('type') == 'TemplateProcessing' else {}
+        bos = bos or first.get('SpecialToken', {}).get('id')
+    if bos is None and tc.get('add_bos_token'):
+        bos = name('bos_token')
+    spec = {'kind': 'sp', 'name': f'hf-{folder.resolve().name}', 'json': text, 'eot': eot}
+    if bos:
+        spec['bos'] = bos
+    try:  # what sp_tokenizer does not reproduce is refused first, by name; the end of text checked last
+        tok = tokenizer.load(spec if eot else {**spec, 'eot': '\0'})
+    except (KeyError, TypeError, AttributeError) as e:  # a file not shaped as tokenizer.json
+        raise ValueError(f"{where}: not a tokenizer.json we can read ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if eot is None and 'end-of-text' in str(e):
+            raise ValueError(f"{where}: no end-of-text token among its added tokens ({', '.join(list(added)[:5])})") from None
+        raise ValueError(f"{where}: {e}") from None
+    if tok.n_vocab > hc.get('vocab_size', tok.n_vocab):
+        raise ValueError(f"{where}: token ids go up to {tok.n_vocab - 1} but config.json has vocab_size={hc['vocab_size']}")
+    return spec
+
+
+def chat_format(folder, tc):
+    """-> (chat format name for chat_data.py, the template text), from a folder's chat_template
+    (tokenizer_config.json's, or chat_template.jinja beside it), for the families whose template
+    chat_data.py writes out in plain code: 'qwen3' (the hybrid thinking template, used with thinking
+    off) and 'qwen2.5' (ChatML with a default system prompt). Anything else -> (None, None):
+    nanolm's own ChatML, as for every model before."""
+    template = tc.get('chat_template')
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        template = next((t.get('template') for t in template if t.get('name') == 'default'), None)
+    if not template and (folder / 'chat_template.jinja').is_file():  # where newer transformers save it
+        template = (folder / 'chat_template.jinja').read_text(encoding='utf-8')
+    if not isinstance(template, str) or '<|im_start|>' not in template:
+        return None, None
+    if 'enable_thinking' in template and '<think>' in template:
+        return 'qwen3', template
+    if 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' in template:
+        return 'qwen2.5', template
+    return None, None
 
 
 def _merges(ranks):
@@ -427,6 +520,32 @@ def _merges(ranks):
 def tokenizer_files(spec, cfg):
     """A tokenizer spec -> ({file name: text} for an HF folder, eot id, bos id)."""
     special, normalize = dict(spec.get('special', {})), spec.get('normalize')
+    if spec.get('kind') == 'sp':  # SentencePiece-style: its tokenizer.json, as it was read
+        tok = tokenizer.load(spec)
+        if tok.n_vocab > cfg.vocab_size:
+            raise ValueError(f"the tokenizer (ids up to {tok.n_vocab - 1}) does not fit the model (vocab_size={cfg.vocab_size})")
+        bos = spec.get('bos')
+        # the generic class: it runs tokenizer.json as written (LlamaTokenizerFast would rebuild its
+        # normalizer from its own 'legacy' setting)
+        tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
+              'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
+              'add_bos_token': bool(bos), 'add_eos_token': False,
+              'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
+              'added_tokens_decoder': {str(i): {'content': s, 'special': True, 'normalized': False, 'lstrip': False,
+                                                'rstrip': False, 'single_word': False}
+                                       for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}
+        if spec.get('chat_template'):
+            tc['chat_template'] = spec['chat_template']
+        text = spec['json']
+        if spec.get('special'):  # tokens added after the file (finetune_sft.py's chat tokens): into the file
+            tj = json.loads(text)
+            tj['added_tokens'] = tj.get('added_tokens') or []
+            tj['added_tokens'] += [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                                    'normalized': False, 'special': True} for s, i in sorted(spec['special'].items(), key=lambda x: x[1])]
+            text = json.dumps(tj, ensure_ascii=False)
+        if '<|im_start|>' in tok.special and '<|im_end|>' in tok.special and not spec.get('chat_template'):
+            tc['chat_template'] = CHAT_TEMPLATE  # an SFT checkpoint: our ChatML template
+        return {'tokenizer.json': text, 'tokenizer_config.json': json.dumps(tc, indent=2)}, tok.eot, tok.bos
     if spec.get('kind') == 'tiktoken' and spec.get('name') == 'gpt2':
         enc = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'}).enc
         ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
@@ -468,7 +587,9 @@ def tokenizer_files(spec, cfg):
     tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
           'clean_up_tokenization_spaces': False, 'eos_token': eot, 'bos_token': spec.get('bos', eot),
           'added_tokens_decoder': {str(a['id']): {k: v for k, v in a.items() if k != 'id'} for a in added}}
-    if '<|im_start|>' in special and '<|im_end|>' in special:  # an SFT checkpoint: our ChatML template
+    if spec.get('chat_template'):  # a released model's own (Qwen2.5, Qwen3), kept through fine-tuning
+        tc['chat_template'] = spec['chat_template']
+    elif '<|im_start|>' in special and '<|im_end|>' in special:  # an SFT checkpoint: our ChatML template
         tc['chat_template'] = CHAT_TEMPLATE
     files = {'tokenizer.json': json.dumps(tj, ensure_ascii=False), 'tokenizer_config.json': json.dumps(tc, indent=2)}
     if pat == GPT2_PAT:  # GPT-2's two files too, for tools that read only those

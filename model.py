@@ -1,16 +1,22 @@
 """
-The nanolm model: one file, one config, two families.
+The nanolm model: one file, one config, two families and two of their descendants.
 
   GPT-2  learned positions, LayerNorm, GELU MLP, biases, tied embeddings
   LLaMA  RoPE, RMSNorm, SwiGLU MLP, no biases, grouped-query attention, untied embeddings
+  Qwen2  LLaMA with biases on q, k, v (qkv_bias) and, in the small sizes, tied embeddings
+  Qwen3  LLaMA with an RMSNorm on every q and k head (qk_norm), a head size of its own (head_dim)
 
 Each difference is a plain field of ModelConfig (norm, pos_emb, mlp, bias, tie_embeddings,
-n_kv_head), so a reader can flip one at a time; ARCH holds the two presets.
+n_kv_head, qkv_bias, qk_norm, head_dim), so a reader can flip one at a time; ARCH holds the
+presets, SIZES the shapes of released models (GPT-2 124M ... 1.5B, Qwen3-0.6B, ...).
 Read top to bottom: norms, rotary embeddings, attention, MLP, block, config, model,
 then generation with a KV cache.
 
 Shapes in comments: B batch, T time (tokens), C n_embd, nh heads, nkv key/value heads,
-hs head size (C // nh), V vocab size.
+hs head size (head_dim; C // nh unless set), V vocab size.
+
+Why one file over 400 lines: the whole forward pass, both families and generation are what a
+reader comes to learn; split, every shape would have to be followed across files.
 """
 import math
 from dataclasses import dataclass, fields
@@ -24,6 +30,25 @@ import torch.nn.functional as F
 ARCH = {
     'gpt2': dict(norm='layernorm', pos_emb='learned', mlp='gelu', bias=True, tie_embeddings=True),
     'llama': dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', bias=False, tie_embeddings=False),
+    'qwen2': dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', bias=False, tie_embeddings=True, qkv_bias=True),
+    'qwen3': dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', bias=False, tie_embeddings=True, qk_norm=True),
+}
+
+# Shapes of released models, one setting away (train.py --model_size=...): an arch preset plus the
+# sizes. vocab_size and block_size are the released model's; a run on other data keeps its own.
+SIZES = {
+    'gpt2-124m': dict(arch='gpt2', n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
+    'gpt2-355m': dict(arch='gpt2', n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
+    'gpt2-774m': dict(arch='gpt2', n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
+    'gpt2-1.5b': dict(arch='gpt2', n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
+    'smollm2-135m': dict(arch='llama', n_layer=30, n_head=9, n_kv_head=3, n_embd=576, ffn_hidden=1536, vocab_size=49152,
+                         block_size=8192, rope_theta=100000.0, tie_embeddings=True),
+    'tinyllama-1.1b': dict(arch='llama', n_layer=22, n_head=32, n_kv_head=4, n_embd=2048, ffn_hidden=5632, vocab_size=32000,
+                           block_size=2048),
+    'qwen2.5-0.5b': dict(arch='qwen2', n_layer=24, n_head=14, n_kv_head=2, n_embd=896, ffn_hidden=4864, vocab_size=151936,
+                         block_size=32768, rope_theta=1000000.0, norm_eps=1e-6),
+    'qwen3-0.6b': dict(arch='qwen3', n_layer=28, n_head=16, n_kv_head=8, n_embd=1024, head_dim=128, ffn_hidden=3072,
+                       vocab_size=151936, block_size=40960, rope_theta=1000000.0, norm_eps=1e-6),
 }
 
 
@@ -35,6 +60,7 @@ class ModelConfig:
     n_head: int = 6
     n_kv_head: int = 0         # key/value heads for grouped-query attention; 0 = n_head (plain MHA)
     n_embd: int = 384
+    head_dim: int = 0          # size of one attention head; 0 = n_embd // n_head (Qwen3 sets its own: 128)
     ffn_hidden: int = 0        # MLP width; 0 = 4*C for gelu, ~8/3*C (rounded to 64) for swiglu
     dropout: float = 0.0
     norm: str = 'layernorm'    # 'layernorm' | 'rmsnorm'
@@ -45,6 +71,7 @@ class ModelConfig:
     bias: bool = True          # biases in Linear layers and LayerNorm
     tie_embeddings: bool = True  # lm_head shares its weight with the token embedding
     qkv_bias: bool = False     # biases on q, k, v even when bias=False (Qwen2)
+    qk_norm: bool = False      # an RMSNorm over each q and k head before rope (Qwen3)
     # Llama 3.1's long-context rope scaling ('llama3' in Hugging Face configs); factor 1.0 = off
     rope_scaling_factor: float = 1.0
     rope_low_freq_factor: float = 1.0
@@ -54,14 +81,14 @@ class ModelConfig:
     def __post_init__(self):
         # A wrong architecture should fail here, in one readable line, not deep in a matmul.
         bad = [f"{k}={getattr(self, k)}" for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd') if getattr(self, k) < 1]
-        bad += [f"{k}={getattr(self, k)}" for k in ('n_kv_head', 'ffn_hidden') if getattr(self, k) < 0]  # 0 = default
+        bad += [f"{k}={getattr(self, k)}" for k in ('n_kv_head', 'ffn_hidden', 'head_dim') if getattr(self, k) < 0]  # 0 = default
         if bad:
-            raise ValueError(f"{', '.join(bad)}: sizes must be positive (n_kv_head=0 and ffn_hidden=0 mean the default)")
+            raise ValueError(f"{', '.join(bad)}: sizes must be positive (n_kv_head=0, ffn_hidden=0 and head_dim=0 mean the default)")
         self.n_kv_head = self.n_kv_head or self.n_head
         checks = [
-            (self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
+            (self.head_dim or self.n_embd % self.n_head == 0,
+             f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} (or set head_dim)"),
             (self.n_head % self.n_kv_head == 0, f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}"),
-            (self.pos_emb != 'rope' or (self.n_embd // self.n_head) % 2 == 0, "rope needs an even head size (n_embd // n_head)"),
             (self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r} must be 'layernorm' or 'rmsnorm'"),
             (self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r} must be 'learned' or 'rope'"),
             (self.mlp in ('gelu', 'swiglu'), f"mlp={self.mlp!r} must be 'gelu' or 'swiglu'"),
@@ -77,6 +104,11 @@ class ModelConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        if self.pos_emb == 'rope' and self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim}: rope needs an even head size")
+        if not isinstance(self.qk_norm, bool) or (self.qk_norm and self.norm != 'rmsnorm'):
+            raise ValueError(f"qk_norm={self.qk_norm!r} must be True or False, and True only with norm='rmsnorm'")
         if not self.ffn_hidden:
             # SwiGLU has three matrices instead of two, so 2/3 of 4*C keeps the parameter count.
             self.ffn_hidden = 4 * self.n_embd if self.mlp == 'gelu' else 64 * math.ceil(8 * self.n_embd / 3 / 64)
@@ -93,6 +125,15 @@ def make_config(arch='gpt2', **overrides):
     if arch not in ARCH:
         raise ValueError(f"arch={arch!r} must be one of {sorted(ARCH)}")
     return ModelConfig(**{**ARCH[arch], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def size_config(name, **overrides):
+    """ModelConfig of a SIZES entry (its arch preset, then its shape, then overrides: e.g. the run's
+    own vocab_size and block_size)."""
+    if name not in SIZES:
+        raise ValueError(f"model_size={name!r} must be one of {', '.join(SIZES)}")
+    size = dict(SIZES[name])
+    return make_config(size.pop('arch'), **{**size, **overrides})
 
 
 LOSS_CHUNK = 2 ** 24  # logits a chunk of the loss under gradient checkpointing (64 MB in float32)
@@ -113,15 +154,15 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def make_norm(cfg):
+def make_norm(cfg, dim=None):
     if cfg.norm == 'rmsnorm':
-        return RMSNorm(cfg.n_embd, cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        return RMSNorm(dim or cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(dim or cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def rope_tables(cfg):
     """cos/sin for rotary embeddings, each (block_size, hs/2)."""
-    hs = cfg.n_embd // cfg.n_head
+    hs = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2).float() / hs))  # (hs/2,)
     if cfg.rope_scaling_factor != 1.0:
         # Llama 3.1: slow the low frequencies (wavelength > original context / low_freq_factor) by
@@ -144,10 +185,13 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.n_embd // cfg.n_head
+        self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         # q, k and v come out of one matmul; with GQA k and v have fewer heads than q.
+        # nh * hs is C unless head_dim says otherwise (Qwen3-0.6B: 16 heads of 128 on C = 1024).
         self.qkv = nn.Linear(cfg.n_embd, (self.nh + 2 * self.nkv) * self.hs, bias=cfg.bias or cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.nh * self.hs, cfg.n_embd, bias=cfg.bias)
+        # Qwen3: one RMSNorm (a gain of hs) shared by all heads, applied to each q and k head on its own
+        self.q_norm, self.k_norm = (make_norm(cfg, self.hs), make_norm(cfg, self.hs)) if cfg.qk_norm else (None, None)
         self.dropout = cfg.dropout
 
     def forward(self, x, rope=None, cache=None, pos=0):
@@ -156,6 +200,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
         k = k.view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:  # over the last dim, hs: each head of each token on its own
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             at = pos.view(B, 1, 1) if torch.is_tensor(pos) else slice(pos, pos + T)  # per row (decode_rows) or (T,)
@@ -178,7 +224,7 @@ class Attention(nn.Module):
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(pos == 0 and T > 1),
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, self.nh * self.hs)  # (B, T, nh*hs): heads side by side again
         return F.dropout(self.o_proj(y), self.dropout, self.training)
 
     def decode_rows(self, q, k, v, cache, pos):
@@ -335,7 +381,7 @@ class GPT(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token: 6 per parameter (forward + backward) plus attention scores
         (PaLM appendix B). Embedding lookups cost nothing, but the tied head is a real matmul."""
-        c, hs = self.cfg, self.cfg.n_embd // self.cfg.n_head
+        c, hs = self.cfg, self.cfg.head_dim
         n = self.num_params(non_embedding=True)
         return 6 * n + 12 * c.n_layer * c.n_head * hs * c.block_size
 
@@ -350,7 +396,7 @@ class GPT(nn.Module):
         most tokens the generation will hold (at most block_size; a 32k-context model need not
         reserve 32k positions for a 300-token answer)."""
         c = self.cfg
-        shape = (batch_size, c.n_kv_head, min(length or c.block_size, c.block_size), c.n_embd // c.n_head)
+        shape = (batch_size, c.n_kv_head, min(length or c.block_size, c.block_size), c.head_dim)
         return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
                 for _ in range(c.n_layer)]
 
@@ -437,7 +483,7 @@ class LoRALinear(nn.Module):
 
 def add_lora(model, rank, alpha, dropout=0.0, targets=('qkv', 'o_proj', 'up_proj', 'down_proj')):
     """Wrap the Linear layers called `targets` inside the blocks (any of qkv, o_proj, gate_proj,
-    up_proj, down_proj) in LoRALinear, and freeze the rest: afterwards only the adapters
+    up_proj, down_proj; each adapter takes its layer's own widths, e.g. qkv's (nh + 2 nkv) * hs) in LoRALinear, and freeze the rest: afterwards only the adapters
     train. Unfreeze anything else that should (new token rows, a new head) after this call."""
     if rank < 1:
         raise ValueError(f"lora rank={rank} must be at least 1")

@@ -1,4 +1,7 @@
 """
+What moves the weights besides backward: Muon + AdamW in one optimizer, and the weights' moving
+average (WeightAverage).
+
 Muon for the matrices inside the blocks, AdamW for everything else, in one optimizer:
 
     python train.py config/train_shakespeare_char.py            # the speedrun recipe uses it
@@ -15,6 +18,8 @@ GradScaler, the LR loop (`group['lr'] = lr * group['lr_scale']`) and the checkpo
 (torch.distributed.checkpoint's get_optimizer_state_dict) then work unchanged. Every group
 setting is a plain number, so a checkpoint loads with torch.load(weights_only=True).
 """
+import contextlib
+
 import torch
 
 
@@ -96,7 +101,7 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
     Peak LRs are absolute; the LR schedule multiplies each group by lr / learning_rate.
     embed_lr: the token/position embeddings' own AdamW LR (0 = learning_rate)."""
     c = model.cfg
-    hs = c.n_embd // c.n_head
+    hs = c.head_dim
     params = [p for p in model.parameters() if p.requires_grad]
     in_blocks = {id(p) for p in model.blocks.parameters()}
     embeds = {id(model.wte.weight)} | ({id(model.wpe.weight)} if model.wpe is not None else set())
@@ -115,3 +120,47 @@ def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0,
         dict(params=[p for p in params if p.dim() < 2]),
     ]
     return MuonAdamW([g for g in groups if g['params']], lr=learning_rate, betas=betas, momentum=momentum)
+
+
+class WeightAverage:
+    """A moving average of the weights (train.py's ema_decay > 0). After every optimizer step
+
+        avg += (1 - d) * (weights - avg),   d = min(decay, (1 + t) / (10 + t))
+
+    so the first steps (small d) don't drag the random init along. The optimizer steps the weights
+    as ever; evals, best.pt, the sample and sample.py see the average, which smooths out the noise
+    a high LR puts into the weights (the speedrun: README, Performance).
+      update(t)      after optimizer step t
+      swapped_in()   a `with` block in which the model holds the average (eval, sampling)
+      state_dict()   the average as a whole state_dict, tied weights under both names (checkpoints)
+    """
+
+    def __init__(self, model, decay, saved=None):
+        self.model, self.decay = model, decay
+        self.params = list(model.parameters())
+        names = [name for name, _ in model.named_parameters()]  # (tied weights appear once)
+        self.avg = [(saved[n].to(p.device) if saved else p.detach()).clone() for n, p in zip(names, self.params)]
+
+    @torch.no_grad()
+    def update(self, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1 - d)  # one kernel launch per group, not per tensor
+
+    @torch.no_grad()
+    def _swap(self):
+        for p, a in zip(self.params, self.avg):
+            live = p.detach().clone()
+            p.copy_(a)
+            a.copy_(live)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()  # twice puts everything back
+
+    def state_dict(self):
+        with self.swapped_in():
+            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

@@ -15,7 +15,7 @@ or the last --val_fraction of the tokens of a one-document corpus. Tokenizers: g
 cl100k_base, o200k_base (tiktoken), char, bpe (trained here, see tokenizer.py) or the folder of
 a bpe trained before. train.bin / val.bin are token ids without a header (uint16, or uint32
 over 65,535 ids); meta.json records the tokenizer, so train.py and sample.py need no flag:
-    tok, meta = prepare.load_meta('data/poems')
+    tok, meta = dataset.load_meta('data/poems')   # (dataset.py: the folder's format)
     np.memmap('data/poems/train.bin', dtype=meta['dtype'], mode='r')
 
 The stages, top to bottom in prepare(): find the inputs -> pass 1 (count documents; train the
@@ -23,22 +23,23 @@ bpe or collect the characters) -> pick the val documents -> pass 2 (encode with 
 processes into temp files, streamed in ~1 MB pieces: memory stays bounded) -> commit (renames,
 meta.json last). A failed or interrupted run (bad input, a full disk, Ctrl-C, SIGTERM) says so
 in one line, removes its temp files and leaves the previous dataset as it was.
+
+Why one file over 400 lines: it is one pipeline (read, count, split, encode, commit), and the
+stages pass temp files and counts to each other; read top to bottom it is one story.
 """
-import common  # first: from here on a Ctrl-C is one line, even during the slow imports below
+import cli  # first: from here on a Ctrl-C is one line, even during the slow imports below
 
 import argparse
 import codecs
 import contextlib
 import glob
 import gzip
-import hashlib
 import json
 import os
 import random
 import shlex
 import signal
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,20 +47,8 @@ from types import SimpleNamespace
 import numpy as np
 
 import tokenizer
-from common import atomic_write, bad_line, die, end_progress, parse_json_object, progress
-
-# Datasets that need no --input: downloaded once into data/<name>/ and checked by sha256.
-KNOWN = {
-    'verdict': dict(
-        url='https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt',
-        sha256='b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f',
-        file='the-verdict.txt', tokenizer='gpt2'),
-    'shakespeare': dict(
-        url='https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
-        sha256='86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed',
-        file='input.txt', tokenizer='gpt2'),
-}
-KNOWN['shakespeare_char'] = dict(KNOWN['shakespeare'], tokenizer='char')
+from dataset import KNOWN, fetch, load_meta
+from cli import atomic_write, bad_line, die, end_progress, parse_json_object, progress
 
 TIKTOKEN_NAMES = ('gpt2', 'cl100k_base', 'o200k_base')
 PIECE = 1 << 20  # characters: long documents are read and encoded in pieces of about this size
@@ -67,7 +56,6 @@ BATCH = 1 << 20  # characters of text sent to a worker at a time
 DEFAULT_VOCAB = 8192  # --tokenizer=bpe
 BPE_TRAIN_MB = 32  # the bpe trains on at most this much text, sampled evenly from the corpus
 MIN_VAL_TOKENS = 16  # fewer than this makes a useless validation split
-META_KEYS = ('tokenizer', 'vocab_size', 'dtype', 'train_tokens', 'val_tokens')  # what train.py needs
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # Undecodable bytes become U+FFFD; this error handler counts them on the way.
@@ -83,28 +71,6 @@ codecs.register_error('nanolm_count', _count_and_replace)
 
 
 # ----------------------------------------------------------------------------- the dataset folder
-
-def load_meta(ds_dir):
-    """-> (tok, meta) for a prepared dataset folder such as data/shakespeare_char. A missing or
-    damaged meta.json (or tokenizer file) raises one ValueError line saying to rerun prepare.py."""
-    path = Path(ds_dir) / 'meta.json'
-    rerun = f'rerun: python prepare.py {Path(ds_dir).resolve().name}'
-    try:
-        meta = parse_json_object(path.read_text(encoding='utf-8'))
-        missing = [k for k in META_KEYS if k not in meta]
-        if missing:
-            raise ValueError(f'no {", ".join(missing)}')
-    except FileNotFoundError:
-        raise ValueError(f'{path} not found (not a prepared dataset); {rerun}') from None
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise ValueError(f'{path} is damaged ({e}); {rerun}') from None
-    if isinstance(meta['tokenizer'], dict) and meta['tokenizer'].get('kind') == 'tiktoken':
-        return tokenizer.load(meta['tokenizer']), meta  # its own message when offline: rerunning won't help
-    try:
-        return tokenizer.load(meta['tokenizer'], base_dir=ds_dir), meta
-    except (OSError, ValueError) as e:
-        raise ValueError(f'cannot load the tokenizer of {ds_dir}: {e}; {rerun}') from None
-
 
 def saved_bpe(path):
     """--tokenizer=<folder>: the bpe its meta.json names when it holds a dataset (not tokenizer
@@ -127,7 +93,7 @@ def output_folder(ds):
     try:
         ds.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        die(f'cannot make the folder {ds}/: {common.write_error(ds, e)}')
+        die(f'cannot make the folder {ds}/: {cli.write_error(ds, e)}')
     try:
         yield
     finally:
@@ -239,7 +205,7 @@ def parse_line(raw, text_field):
 
 
 def jsonl_bad_line(where, problem, skip_bad_lines, counts):
-    """common.bad_line (stop, or count and go on), remembering the first line skipped for the summary."""
+    """cli.bad_line (stop, or count and go on), remembering the first line skipped for the summary."""
     bad_line(f'{where[0]}:{where[1]}', problem, skip_bad_lines, counts)
     counts.setdefault('bad_line_example', f'{where[0]}:{where[1]}: {problem}')
 
@@ -271,34 +237,6 @@ def report_bad(counts, say):
     if counts['bad_bytes']:
         say(f"note: replaced {counts['bad_bytes']:,} undecodable bytes (not UTF-8) with U+FFFD "
             f"(first in {counts['bad_bytes_file']})")
-
-
-# ----------------------------------------------------------------------------- known datasets
-
-def fetch(name, out_dir='data'):
-    """The raw file of a known dataset: data/<name>/<file>, downloaded if it is not there yet."""
-    k = KNOWN[name]
-    dest = Path(out_dir) / name / k['file']
-    if dest.exists():
-        return str(dest)  # as nanoGPT: a file already in place is used as it is
-    local = f'python prepare.py {name} --input PATH' + ('' if Path(out_dir) == Path('data') else
-                                                        f' --out_dir {shlex.quote(str(out_dir))}')
-    print(f"downloading {k['url']} -> {dest}")
-    common.interrupt_note = 'while downloading: nothing was saved'
-    try:
-        with urllib.request.urlopen(k['url'], timeout=30) as r:
-            data = r.read()
-    except Exception as e:  # no network, proxy, HTTP error ...
-        die(f"could not download {k['url']} ({getattr(e, 'reason', e)}). Get that file and put it at "
-            f"{dest}, or pass a local copy: {local}")
-    got = hashlib.sha256(data).hexdigest()
-    if got != k['sha256']:
-        die(f"{k['url']} gave a file with sha256 {got}, expected {k['sha256']}; nothing saved. "
-            f"Put the right file at {dest}, or pass a local copy: {local}")
-    dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no empty folder
-    with atomic_write(dest, 'wb') as f:
-        f.write(data)
-    return str(dest)
 
 
 # ----------------------------------------------------------------------------- the tokenizer (pass 1)
@@ -348,7 +286,7 @@ def pass1(paths, kind, spec, s):
     t0 = time.time()
     end_progress()  # a status line only once this pass has run for a while
     if kind == 'bpe':
-        common.interrupt_note = f'while training the bpe: {s.nothing}'
+        cli.interrupt_note = f'while training the bpe: {s.nothing}'
         spec = tokenizer.bpe_spec(tokenizer.train_bpe(texts, s.vocab_size, progress=s.show),
                                   name=f'nanolm-bpe-{s.name}')
     elif kind == 'char':
@@ -435,7 +373,7 @@ def _encode_batch(batch, dtype, add_eot, text_field, tok):
         if isinstance(item, bytes):  # a raw .jsonl line
             try:
                 item = parse_line(item, text_field)
-            except ValueError as e:  # judged by the main process: common.bad_line
+            except ValueError as e:  # judged by the main process: cli.bad_line
                 r['bad_lines'] += 1
                 r.setdefault('bad_line', (where, str(e)))
                 continue
@@ -535,7 +473,7 @@ def pass2(paths, spec, tok, tmp, n_docs, n_val, workers, s):
     tokens and documents per split, utf-8 bytes encoded, bad lines and bytes, seconds."""
     job = (token_dtype(tok.n_vocab), n_docs > 1, s.text_field)  # an end-of-text after each document, unless only one
     counts, t0 = Counter(), time.time()
-    common.interrupt_note = f'while encoding: {s.nothing}'
+    cli.interrupt_note = f'while encoding: {s.nothing}'
     end_progress()
     with open(tmp['train.bin'], 'wb') as ftrain, open(tmp['val.bin'], 'wb') as fval, \
             contextlib.closing(encoded(batches(paths, n_docs, n_val, s, counts), workers, spec, tok, job)) as results:
@@ -584,7 +522,7 @@ def check_split(counts, tmp, n_docs, n_val, itemsize, val_fraction):
 
 def write_dataset(ds, paths, spec, n_docs, n_val, workers, s):
     """Pass 2 and the commit. Every file is first written beside the old dataset (if any) under
-    its name + '.tmp', as common.atomic_write names its own; only renames touch the old dataset.
+    its name + '.tmp', as cli.atomic_write names its own; only renames touch the old dataset.
     On any failure, or a signal, the temp files go and the previous dataset stays as it was."""
     tok = tokenizer.load(spec)
     tmp = {name: ds / f'{name}.tmp' for name in ('train.bin', 'val.bin')}
@@ -601,7 +539,7 @@ def write_dataset(ds, paths, spec, n_docs, n_val, workers, s):
                         tmp[fname].write_text(text, encoding='utf-8')
             except OSError as e:  # a full disk, a size limit, a folder we may not write to
                 kept = '; the previous dataset there is intact' if (ds / 'meta.json').exists() else ''
-                die(f'cannot write the dataset to {ds}/: {common.write_error(tmp["train.bin"], e)}{kept}')
+                die(f'cannot write the dataset to {ds}/: {cli.write_error(tmp["train.bin"], e)}{kept}')
             meta = make_meta(tok, stored, counts, n_docs, n_val, paths, s)
             commit(ds, tmp, meta)
         finally:
@@ -641,8 +579,8 @@ def commit(ds, tmp, meta):
                     (ds / name).unlink(missing_ok=True)
         for name, path in tmp.items():
             os.replace(path, ds / name)
-        common.interrupt_note = f'after the commit: {ds}/ is complete'
-    common.fsync_dir(ds)
+        cli.interrupt_note = f'after the commit: {ds}/ is complete'
+    cli.fsync_dir(ds)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -651,7 +589,8 @@ def check_settings(s):
     if not s.name or os.sep in s.name or s.name in ('.', '..'):
         die(f'dataset name {s.name!r} must be a plain folder name such as mydata')
     if not 0 < s.val_fraction < 1:
-        die(f'--val_fraction={s.val_fraction} must be between 0 and 1')
+        die(f'--val_fraction={s.val_fraction} must be above 0 and below 1: training needs a validation split '
+            f'(0.1 holds out a tenth; --val_docs=N takes exactly N documents)')
     if s.val_docs is not None and s.val_docs < 1:
         die(f'--val_docs={s.val_docs} must be at least 1')
     if s.workers is not None and s.workers < 0:
@@ -689,7 +628,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='
         s.tokenizer_name = tokenizer_name or ('bpe' if tokenizer_only else KNOWN.get(name, {}).get('tokenizer', 'gpt2'))
         kind, spec = resolve_tokenizer(s.tokenizer_name, vocab_size)
         s.vocab_size = DEFAULT_VOCAB if vocab_size is None else vocab_size
-        common.interrupt_note = f'while counting the input: {s.nothing}'
+        cli.interrupt_note = f'while counting the input: {s.nothing}'
         counts, spec = pass1(paths, kind, spec, s)
         if tokenizer_only:
             return save_tokenizer(spec, ds, counts, s)
@@ -698,7 +637,7 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='
         workers = workers or (os.cpu_count() if s.total_bytes > 8 * 2**20 else 1)
         counts, meta = write_dataset(ds, paths, spec, n_docs, n_val, workers, s)
     finally:
-        common.interrupt_note = ''
+        cli.interrupt_note = ''
     report_bad(counts, s.say)
     docs = (f"one document, val = {meta['split']}" if n_docs == 1 else
             f"{meta['documents']:,} documents ({meta['train_documents']:,} train / {meta['val_documents']:,} val)")
@@ -709,11 +648,6 @@ def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='
           f"  {meta['bytes_per_token']:.2f} bytes/token; encoded at {meta['text_bytes'] / 2**20 / t:.1f} MB/s, "
           f"{n_tok / t / 1e6:.2f}M tokens/s with {workers} worker(s); {time.time() - t_start:.1f}s in all")
     return meta
-
-
-def prepare_known(name, out_dir='data'):
-    """For train.py: prepare a KNOWN dataset with its defaults (in this process, no workers)."""
-    return prepare(name, out_dir=out_dir, workers=1)
 
 
 def main():
@@ -735,7 +669,7 @@ def main():
     ap.add_argument('--skip_bad_lines', action='store_true', help='count and skip bad .jsonl lines instead of stopping')
     ap.add_argument('--out_dir', default='data')
     ap.add_argument('--bpe_train_mb', type=float, default=BPE_TRAIN_MB, help='train the bpe on at most this much text')
-    ap.add_argument('--debug', action='store_true', help='show full tracebacks (as NANOLM_DEBUG=1)')  # read by common
+    ap.add_argument('--debug', action='store_true', help='show full tracebacks (as NANOLM_DEBUG=1)')  # read by cli
     ap.error = lambda msg: die(f'{msg}; see python prepare.py --help', 2)  # not argparse's usage + message
     args = vars(ap.parse_args())
     args.pop('debug')

@@ -4,7 +4,7 @@ Generate text from a trained checkpoint, streaming tokens to the terminal as the
     python sample.py --out_dir=out-verdict --start="I had always thought"
     python sample.py --out_dir=out-verdict --start=FILE:prompt.txt --num_samples=1 --max_new_tokens=500
 
-Chat with a model fine-tuned by finetune_sft.py, in the template it was trained with (chat.py):
+Chat with a model fine-tuned by finetune_sft.py, in the template it was trained with (chat_data.py):
 
     python sample.py --out_dir=out-sft-poems --chat                 # multi-turn, in the terminal
     python sample.py --out_dir=out-sft-poems --chat --start="请以《春夜》为题，写一首诗。"   # one reply
@@ -15,13 +15,14 @@ The tokenizer travels inside the checkpoint, so no dataset or flag is needed to 
 import os
 import sys
 
-import common  # first: one-line errors, even during the torch import
-from common import die
+import cli  # first: one-line errors, even during the torch import
+from cli import die
+import training
 from configurator import configure
 import torch
 
 import tokenizer
-from chat import chat_ids, fit_history
+from chat_data import chat_ids, fit_history
 from checkpoint import load_model
 
 # ----------------------------------------------------------------------------- settings
@@ -43,7 +44,7 @@ dtype = 'auto'            # 'auto' = bfloat16 on GPUs that have it, float16 on o
 configure(globals())
 # -----------------------------------------------------------------------------
 
-env = common.init_run(device, dtype)
+env = training.init_run(device, dtype)
 device = env.device
 bad = [f"{k}={v!r} (needs {need})" for k, v, ok, need in [
     ('temperature', temperature, temperature >= 0, '>= 0; 0 = greedy'), ('top_p', top_p, 0 < top_p <= 1, '0 < top_p <= 1'),
@@ -148,7 +149,9 @@ if chat:
             answer(text)
     sys.exit(0)
 
-ids = tok.encode(start) if start else [tok.eot]
+ids = tok.encode(start) if start else []
+if tok.bos is not None:  # a tokenizer that begins every text with BOS (Llama 2, Llama 3): so the model was trained
+    ids = [tok.bos] + ids
 if not ids:
     ids = [tok.eot]
 if len(ids) > model.cfg.block_size:

@@ -37,13 +37,14 @@ import threading
 import time
 import uuid
 
-import common  # first: one-line errors, even during the torch import
-from common import die
+import cli  # first: one-line errors, even during the torch import
+from cli import die
+import training
 from configurator import configure
 import torch
 
 import tokenizer
-from chat import ROLES, chat_ids, fit_history
+from chat_data import ROLES, chat_ids, fit_history
 from checkpoint import load_model
 from model import sample_next
 
@@ -531,7 +532,8 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
             raise ApiError(400, "'prompt' must be a string", 'prompt', 'missing_required_parameter' if prompt is None else 'invalid_type')
         opts = sampling(body, block, defaults)
         try:
-            ids = tok.encode(prompt) or [tok.eot]  # '' starts from end-of-text, as sample.py --start=''
+            ids = ([tok.bos] if tok.bos is not None else []) + tok.encode(prompt)  # as sample.py: BOS first where
+            ids = ids or [tok.eot]  # the tokenizer adds one (Llama); '' starts from end-of-text, as sample.py --start=''
         except ValueError as e:
             raise ApiError(400, f"prompt: {e}", 'prompt', 'invalid_value')
         ids = ids[-(block - min(opts['max_tokens'], block // 2)):]  # too long: cut from the left
@@ -543,7 +545,7 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
 
 def setup(out_dir, ckpt='ckpt.pt', init_from='', device='auto', dtype='auto', system=None):
     """Load the model as sample.py does. -> (model on its device, tok, env, name, default system prompt)."""
-    env = common.init_run(device, dtype)
+    env = training.init_run(device, dtype)
     model, tok_spec, ck = load_model(out_dir, ckpt, init_from)
     model.to(env.device)
     where = init_from or os.path.join(out_dir, ckpt)

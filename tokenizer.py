@@ -10,7 +10,7 @@ that the scripts print. prepare.py trains a bpe, writes its files and reads meta
 In code:
 
     import tokenizer
-    tok = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'})   # or prepare.load_meta(ds_dir)
+    tok = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'})   # or dataset.load_meta(ds_dir)
     ids = tok.encode('hello')            # ordinary text: never produces special ids
     ids = tok.encode_special('<|im_start|>user\nhi<|im_end|>')   # chat specials allowed
     text = tok.decode(ids)
@@ -20,6 +20,7 @@ A tokenizer is described by a small JSON "spec" dict, stored in data/<name>/meta
     {"kind": "tiktoken", "name": "gpt2", "extra_special": {"<|im_start|>": 50257, "<|im_end|>": 50258}}
     {"kind": "char", "chars": "\\n !&',-.3:;?ABC..."}    # id i is chars[i]; eot = len(chars)
     {"kind": "bpe", "name": ..., "pat_str": ..., "special": {...}, "ranks_file": "tokenizer.tiktoken"}
+    {"kind": "sp", "json": "<a tokenizer.json's text>", "eot": "</s>", "bos": "<s>"}   # Llama 2 style: sp_tokenizer.py
 portable_spec() inlines the ranks file ("ranks": its text) so a checkpoint can carry it.
 """
 import base64
@@ -28,6 +29,7 @@ import heapq
 import json
 import os
 import re
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -80,7 +82,7 @@ def train_bpe(texts, vocab_size, pat_str=PAT, n_special=len(SPECIALS), max_bytes
     """Learn byte-level BPE merges. texts: iterable of str. Returns ranks {token bytes: id},
     ids 0..255 are the single bytes, then one id per merge in the order learned; n_special
     ids are left free at the top for the special tokens. max_bytes: stop reading texts there.
-    progress: called now and then with a one-line status (prepare.py passes common.progress).
+    progress: called now and then with a one-line status (prepare.py passes cli.progress).
     1) split every text with pat_str and count the unique pieces (words);
     2) repeatedly merge the most frequent adjacent pair, updating pair counts only in the
        words that contain it (index pair -> words, and a lazy max-heap of counts)."""
@@ -222,14 +224,27 @@ def bpe_files(spec):
 # Loading: spec -> tok with encode / encode_special / decode / n_vocab / eot / special
 
 def load(spec, base_dir=None):
-    """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError."""
-    need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',)}
+    """spec -> tok. A spec or ranks file that is not what we wrote raises a one-line ValueError.
+    tok.chat: the chat format the model was trained with (chat_data.py), the spec's 'chat' or 'chatml';
+    tok.bos: the id of the token every text begins with (Llama 2 / 3 add one), or None."""
+    tok = _load(spec, base_dir)
+    tok.chat = spec.get('chat', 'chatml')
+    if getattr(tok, 'bos', None) is None:  # tok.bos: the id every text begins with (Llama 2 / 3), else None
+        tok.bos = tok.special.get(spec['bos']) if isinstance(spec.get('bos'), str) else None
+    return tok
+
+
+def _load(spec, base_dir=None):
+    need = {'tiktoken': ('name',), 'bpe': ('pat_str', 'special'), 'char': ('chars',), 'sp': ('json',)}
     kind = spec.get('kind') if isinstance(spec, dict) else None
     if kind not in need:
         raise ValueError(f'not a tokenizer spec (its kind should be one of {", ".join(need)}): {str(spec)[:80]}')
     missing = [k for k in need[kind] + (() if kind != 'bpe' or 'ranks' in spec else ('ranks_file',)) if k not in spec]
     if missing:
         raise ValueError(f'{kind} tokenizer spec without {", ".join(missing)}')
+    if kind == 'sp':  # SentencePiece-style BPE from a Hugging Face tokenizer.json: our own encoder
+        import sp_tokenizer
+        return sp_tokenizer.load(spec)
     if kind == 'tiktoken':
         enc = _get_encoding(spec['name'])
         if spec.get('extra_special'):  # e.g. chat tokens that finetune_sft.py added after gpt2's 50,257
@@ -355,7 +370,14 @@ def text_decoder(tok):
     with its length). A token can end inside a UTF-8 character: tiktoken's bytes go through an
     incremental UTF-8 decoder, which holds such a character back until its last byte arrives, so
     the pieces add up to exactly tok.decode(all ids). A char tokenizer's token is one character."""
-    if tok.kind != 'tiktoken':
+    if tok.kind not in ('tiktoken', 'sp'):
         return lambda t=None: '' if t is None else tok.decode([t])
     utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # 'replace', as tiktoken's decode
-    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(tok.enc.decode_single_token_bytes(t))
+    # SentencePiece-style (sp): a token's bytes with '▁' as a space, <0xNN> as its byte
+    token_bytes = tok.token_bytes if tok.kind == 'sp' else tok.enc.decode_single_token_bytes
+    return lambda t=None: utf8.decode(b'', final=True) if t is None else utf8.decode(token_bytes(t))
+
+
+if __name__ == '__main__':  # a module: its command line moved into prepare.py
+    sys.exit("error: tokenizer.py is a module, not a command. Train a bpe with: python prepare.py NAME --input FILES "
+             "--tokenizer=bpe --vocab_size=8192 --tokenizer_only (see python prepare.py --help)")

@@ -13,26 +13,27 @@ Resume a stopped run (Ctrl-C, SIGTERM, a crash, or a finished run with more --ma
 
 Every global below is a setting: change it in a config/*.py file or with --key=value.
 Read top to bottom: settings, setup, data, model, the loop, the end. What every training
-script needs around its loop (DDP, signals, checkpoints, the log) is in common.py and
-checkpoint.py; the loop itself is written out here.
+script needs around its loop (device and DDP: training.py; checkpoints: checkpoint.py;
+errors and signals: cli.py) is written once there; the loop itself is written out here.
 """
+import contextlib
 import json
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict
 
-import common  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
-from common import die
+import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
+from cli import die
+import training
 from configurator import configure
 import numpy as np
 import torch
 
-import prepare
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
-from model import GPT, ModelConfig, make_config
+from dataset import KNOWN, load_meta, open_splits, prepare_known
+from model import GPT, SIZES, ModelConfig, make_config, size_config
+from optim import WeightAverage, muon_adamw
 
 # ----------------------------------------------------------------------------- settings
 # run
@@ -47,7 +48,9 @@ batch_size = 8            # sequences per micro-step
 block_size = 128          # tokens per sequence (context length)
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all processes
 # model (see model.py; None = take it from the arch preset)
-arch = 'gpt2'             # 'gpt2' or 'llama'
+arch = 'gpt2'             # 'gpt2', 'llama', 'qwen2' or 'qwen3' (model.py's ARCH)
+model_size = ''           # a released model's shape, e.g. gpt2-124m, qwen3-0.6b (model.py's SIZES): sets arch and
+                          # every model setting below but dropout; block_size and the vocabulary stay this run's
 n_layer = 4
 n_head = 4
 n_kv_head = 0             # 0 = n_head; fewer for grouped-query attention
@@ -59,6 +62,9 @@ pos_emb = None            # 'learned' | 'rope'
 mlp = None                # 'gelu' | 'swiglu'
 bias = None
 tie_embeddings = None
+qkv_bias = None           # biases on q, k, v only (Qwen2)
+qk_norm = None            # RMSNorm on each q and k head (Qwen3)
+head_dim = 0              # 0 = n_embd // n_head
 rope_theta = 10000.0
 # optimizer: AdamW (or Muon + AdamW) with a linear warmup, then a cosine decay down to min_lr
 learning_rate = 1e-3      # AdamW's peak LR
@@ -92,42 +98,50 @@ swanlab_run_name = ''
 # system
 device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
-                          # autocast if it has AVX512-BF16/AMX and a probe finds it faster, else float32; float32 on MPS
+                          # autocast if it has AVX512-BF16/AMX and n_embd >= 256, else float32; float32 on MPS. A resumed
+                          # run keeps the dtype it was started in
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
 gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
 config = configure(globals())
+
+
+def check_settings():
+    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
+    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
+                                             'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
+    if too_small:
+        die(f"{', '.join(too_small)}: must be at least 1")
+    for key in ('out_dir', 'data_dir'):
+        if not config[key] or os.path.isfile(config[key]):
+            die(f"{key}={config[key]!r} must name a folder, e.g. --out_dir=out-verdict --data_dir=data")
+    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens) < 0:
+        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip and sample_tokens must not be negative")
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        die(f"beta1={beta1}, beta2={beta2}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
+    if not 0 <= cooldown_frac <= 1:
+        die(f"cooldown_frac={cooldown_frac} must be in [0, 1]: the fraction of the run spent decaying the LR (0 = a cosine instead)")
+    if min_lr > learning_rate:
+        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
+    if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
+        die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
+    if fsdp and 'RANK' not in os.environ:
+        die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
+    if not 0 <= ema_decay < 1:
+        die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
+    if fsdp and ema_decay:
+        die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
+    if fsdp and muon:
+        die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
+    if peak_flops < 0:
+        die(f"peak_flops={peak_flops} must be a device's FLOP/s (e.g. 989e12 for an H100), or 0 to measure or look it up")
+
+
+check_settings()
 # ----------------------------------------------------------------------------- setup
-
-too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
-                                         'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
-if too_small:
-    die(f"{', '.join(too_small)}: must be at least 1")
-for key in ('out_dir', 'data_dir'):
-    if not config[key] or os.path.isfile(config[key]):
-        die(f"{key}={config[key]!r} must name a folder, e.g. --out_dir=out-verdict --data_dir=data")
-if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens) < 0:
-    die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip and sample_tokens must not be negative")
-if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-    die(f"beta1={beta1}, beta2={beta2}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
-if not 0 <= cooldown_frac <= 1:
-    die(f"cooldown_frac={cooldown_frac} must be in [0, 1]: the fraction of the run spent decaying the LR (0 = a cosine instead)")
-if min_lr > learning_rate:
-    die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
-if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
-    die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
-if fsdp and 'RANK' not in os.environ:
-    die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
-if not 0 <= ema_decay < 1:
-    die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
-if fsdp and ema_decay:
-    die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
-if fsdp and muon:
-    die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
-
-env = common.init_run(device, dtype, dist_timeout, width=n_embd)  # device, dtype, and the process group under torchrun
+env = training.init_run(device, dtype, dist_timeout, width=n_embd)  # device, dtype, and the process group under torchrun
 say, device = env.say, env.device
 if env.dtype_note:
     say(env.dtype_note)
@@ -142,27 +156,15 @@ tokens_per_iter = accum * env.world * batch_size * block_size
 # ----------------------------------------------------------------------------- data
 ds_dir = os.path.join(data_dir, dataset)
 if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
-    if dataset not in prepare.KNOWN:
+    if dataset not in KNOWN:
         die(f"dataset '{dataset}' not found in {ds_dir}/ (no meta.json); make it with: python prepare.py {dataset} --input=YOUR_TEXT_FILE")
-    if env.master:
-        say(f"{ds_dir}/ is not prepared yet; running: python prepare.py {dataset}" + (f" --out_dir {shlex.quote(data_dir)}" if data_dir != 'data' else ''))
-        prepare.prepare_known(dataset, out_dir=data_dir)
+    if env.master:  # a known dataset prepares itself, through the same command a user would type
+        prepare_known(dataset, data_dir, say)
     if env.ddp:
         torch.distributed.barrier()
-tok, meta = prepare.load_meta(ds_dir)
+tok, meta = load_meta(ds_dir)
 tok_spec = tokenizer.portable_spec(meta, ds_dir)  # the tokenizer, whole: it goes into every checkpoint
-data = {}
-for split in ('train', 'val'):
-    path = os.path.join(ds_dir, f'{split}.bin')
-    if not os.path.exists(path):
-        die(f"{path} is missing; rerun: python prepare.py {dataset}")
-    size, expected = os.path.getsize(path), meta[f'{split}_tokens'] * np.dtype(meta['dtype']).itemsize
-    if size != expected:
-        die(f"{path} has {size:,} bytes but meta.json says {expected:,} (an interrupted copy?); rerun: python prepare.py {dataset}")
-    data[split] = np.memmap(path, dtype=np.dtype(meta['dtype']), mode='r')
-    if len(data[split]) <= block_size:
-        die(f"{path} has {len(data[split]):,} tokens, not enough for one block of block_size={block_size}+1; "
-            f"use --block_size={max(8, len(data[split]) // 2)} or more data")
+data = open_splits(ds_dir, meta, block_size)  # {'train': np.memmap of token ids, 'val': ...}
 
 
 def get_batch(split, gen=None, starts=None):
@@ -178,9 +180,21 @@ def get_batch(split, gen=None, starts=None):
 
 
 # ----------------------------------------------------------------------------- model, optimizer, resume
-mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
-                   n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
-                   pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta)
+if model_size:  # a released shape: its preset replaces the model settings, but the run's context and data stay
+    try:
+        mcfg = size_config(model_size, block_size=block_size, vocab_size=meta['vocab_size'], dropout=dropout)
+        with torch.device('meta'):  # the count as released (its own vocabulary), allocating nothing
+            released = GPT(size_config(model_size)).num_params(non_embedding=False)
+    except ValueError as e:
+        die(str(e))
+    arch = SIZES[model_size]['arch']
+    say(f"model_size={model_size}: {released / 1e6:.2f}M parameters as released (vocab {SIZES[model_size]['vocab_size']:,}, "
+        f"context {SIZES[model_size]['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
+else:
+    mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
+                       n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
+                       pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta,
+                       qkv_bias=qkv_bias, qk_norm=qk_norm, head_dim=head_dim)
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
 base_model = init_from if init_from.startswith('hf:') else ckpt.get('base_model', '') if ckpt else ''
 if init_from.startswith('hf:'):  # released weights: their architecture replaces the model settings above
@@ -210,14 +224,8 @@ if ckpt is not None:
     raw_model.load_state_dict(ckpt['model'])
 raw_model.to(device)
 raw_model.gradient_checkpointing = gradient_checkpointing
-if compile is None:  # auto
-    compile = env.device_type == 'cuda' and sys.platform == 'linux'
-    if not compile:
-        say(f"compile: off (auto turns torch.compile on for CUDA on Linux only: on {env.device_type} it is slow to start "
-            f"and not known to pay off; --compile=True to try it)")
-model = common.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
+model = training.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled (None: on CUDA)
 if muon:  # after FSDP: on the shards
-    from optim import muon_adamw
     optimizer = muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2))
 else:
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
@@ -225,39 +233,15 @@ iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 if ckpt is not None:
     iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
-    if dtype == 'auto' and common.bf16_speedup and ckpt.get('dtype') in ('float32', 'bfloat16') and ckpt['dtype'] != env.dtype:
-        # this CPU's bf16 probe (timed, so it can go either way near the line) chose otherwise than when the run began
-        common.set_dtype(env, ckpt['dtype'])
-        say(f"dtype: {env.dtype}, as the run was started (exact resume)")
-peak_flops = peak_flops or common.peak_flops(env)
-# The weights' moving average (ema_decay > 0): after every step ema += (1 - d) * (weights - ema), with
-# d = min(ema_decay, (1 + t) / (10 + t)) so the first steps don't drag the random init along. The
-# optimizer steps the weights as ever; eval, best.pt, the sample and sample.py see the average, which
-# smooths out the noise a high LR puts into the weights (the speedrun: README, Performance).
-ema = None
+    training.resume_dtype(env, dtype, ckpt.get('dtype'), say)  # the run's own dtype, unless --dtype says otherwise
+peak_flops = peak_flops or training.peak_flops(env)
+ema = None  # ema_decay > 0: the weights' moving average, which evals, best.pt and the sample use (optim.py)
 if ema_decay:
-    saved = ckpt.get('ema') if ckpt is not None else None
-    if ckpt is not None and saved is None:
+    if ckpt is not None and 'ema' not in ckpt:
         say("note: the checkpoint has no weight average (ema_decay was 0); it starts from the current weights")
-    ema = [(saved[name].to(device) if saved else p.detach()).clone() for name, p in raw_model.named_parameters()]
+    ema = WeightAverage(raw_model, ema_decay, ckpt.get('ema') if ckpt is not None else None)
+averaged = ema.swapped_in if ema else contextlib.nullcontext  # `with averaged():` the weights to score and sample
 del ckpt
-
-
-@torch.no_grad()
-def swap_ema():
-    """Exchange the weights and their average, in place: twice puts everything back."""
-    for p, e in zip(raw_model.parameters(), ema):
-        live = p.detach().clone()
-        p.copy_(e)
-        e.copy_(live)
-
-
-def ema_state():
-    """The average as a whole state_dict (tied weights under both names): what sample.py loads."""
-    swap_ema()
-    state = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
-    swap_ema()
-    return state
 
 
 @torch.no_grad()
@@ -308,16 +292,13 @@ def estimate_loss():
 def checkpoint(is_best=False):
     save_run(env, out_dir, raw_model, optimizer, scaler, sampler, keep_last_n, is_best, model_config=asdict(mcfg),
              config=config, tokenizer=tok_spec, base_model=base_model, iter_num=iter_num, best_val=best_val, skipped=skipped,
-             last_eval=last_eval, dtype=env.dtype, **({'ema': ema_state()} if ema else {}))
+             last_eval=last_eval, dtype=env.dtype, **({'ema': ema.state_dict()} if ema else {}))
 
 
 def eval_and_checkpoint():
     global best_val, last_eval
-    if ema:
-        swap_ema()  # score the average ...
-    losses = estimate_loss()
-    if ema:
-        swap_ema()  # ... and train on the weights
+    with averaged():  # score the average (if any); training goes on with the weights
+        losses = estimate_loss()
     say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
     last_eval, is_best, best_val = iter_num, losses['val'] < best_val, min(best_val, losses['val'])
@@ -328,8 +309,8 @@ if env.master and old_run:  # every setting has passed its checks: only now may 
     clear_run(out_dir, old_run)
 if env.master:
     os.makedirs(out_dir, exist_ok=True)
-log = common.open_log(env, out_dir, iter_num, last_eval, config)  # log.jsonl, trimmed to the checkpoint on resume
-common.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
+log = training.open_log(env, out_dir, iter_num, last_eval, config)  # log.jsonl, trimmed to the checkpoint on resume
+cli.catch_stop_signals(say)  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
 
 # ----------------------------------------------------------------------------- the loop
 say(f"config: {json.dumps(config)}")
@@ -342,7 +323,7 @@ model.train()
 start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
-    lr = common.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters, cooldown_frac)
+    lr = training.cosine_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters, cooldown_frac)
     for group in optimizer.param_groups:
         group['lr'] = lr * group.get('lr_scale', 1.0)  # (Muon's groups have their own peak: muon_lr)
     if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
@@ -357,7 +338,7 @@ while iter_num < max_iters:
     loss_sum = torch.zeros((), device=device)
     x, y = get_batch('train', starts=starts[0])  # (B, T), (B, T)
     for micro in range(accum):
-        common.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
+        training.grad_sync(model, env, micro == accum - 1)  # all-reduce only on the last micro-step
         with env.autocast:
             _, loss = model(x, y)
         if micro + 1 < accum:  # fetch the next micro-batch now: a GPU is still running the forward just queued
@@ -367,14 +348,18 @@ while iter_num < max_iters:
     if env.ddp:
         torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
     loss_value = loss_sum.item()  # one sync per step; it also makes dt honest on GPU
-    # clip, step, zero the gradients; a NaN/inf loss stops the run, or skips the step (skip_nonfinite)
-    if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
+    if training.check_loss(loss_value, skip_nonfinite, (iter_num, learning_rate, out_dir)):  # NaN/inf: stop, or skip
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
-    if ema:  # the average moves (1 - d) of the way to the new weights
-        d = min(ema_decay, (1 + iter_num) / (10 + iter_num))
-        for e, p in zip(ema, raw_model.parameters()):
-            e.lerp_(p.detach(), 1 - d)
+    else:
+        if grad_clip:  # clip the true gradients: under fp16 they are scaled up until unscaled
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)  # (fp16: skipped by the scaler if a gradient overflowed)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema:
+        ema.update(iter_num)
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
@@ -385,10 +370,10 @@ while iter_num < max_iters:
             f"mfu {mfu * 100:.1f}% | eta {(max_iters - iter_num - 1) * dt / 60:.1f} min")
     iter_num += 1
 
-    stop = common.should_stop(env)  # every process stops at the same step
+    stop = training.should_stop(env)  # every process stops at the same step
     if stop:
         checkpoint()
-        common.leave_resumable(env, stop, iter_num, out_dir, say)
+        training.leave_resumable(env, stop, iter_num, out_dir, say)
 
 # ----------------------------------------------------------------------------- the end
 finished = iter_num > start_iter or last_eval != iter_num  # (a stop on the last step left its final eval to do)
@@ -396,7 +381,7 @@ if finished:
     eval_and_checkpoint()
     say(f"{iter_num - start_iter} iters in {time.perf_counter() - t_start:.1f} s")
 if env.master and finished:
-    say(common.plot_log(out_dir))
+    say(training.plot_log(out_dir))
     if sample_prompt:
         try:
             ids = tok.encode(sample_prompt) or [tok.eot]
@@ -404,10 +389,8 @@ if env.master and finished:
             say(f"note: sample_prompt cannot be encoded ({e}); sampling from end-of-text instead")
             ids = [tok.eot]
         raw_model.eval()
-        if ema:
-            swap_ema()  # the sample comes from the weights the last eval scored
-        with torch.no_grad(), env.autocast:
+        with averaged(), torch.no_grad(), env.autocast:  # the sample comes from the weights the last eval scored
             out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200,
                                      stop_tokens={tok.eot}, generator=torch.Generator(device).manual_seed(seed))
         say("sample:\n" + tok.decode([t for t in out[0].tolist() if t != tok.eot]))
-common.leave(0)
+training.leave(0)

@@ -54,7 +54,7 @@ def char_data(tmp_path_factory):
 # Settings for a tiny, fast training run (seconds on 2 cores).
 TINY = ['--dataset=tiny', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
         '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=4', '--log_interval=5', '--peak_flops=1e12',
-        '--sample_tokens=20']
+        '--sample_tokens=20', '--dtype=float32']  # dtype pinned: tests compare numbers across runs
 
 
 def make_chats(n=240, seed=0):

@@ -22,7 +22,7 @@ def test_overrides_parse_as_literals():
 
 def test_auto_dtype_follows_the_gpu_generation(monkeypatch):
     import torch
-    from common import resolve_device
+    from training import resolve_device
     assert resolve_device('cpu', 'auto') == ('cpu', 'cpu', 'float32')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # true even on a T4 (emulated)

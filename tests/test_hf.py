@@ -266,7 +266,7 @@ LLAMA = dict(architectures=['LlamaForCausalLM'], vocab_size=64, hidden_size=32, 
     ({'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}}, 'rope_scaling'),
     ({'rope_parameters': {'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 1e4}}, 'rope_parameters'),
     ({'mlp_bias': True}, 'mlp_bias'),
-    ({'head_dim': 16}, 'head_dim'),
+    ({'head_dim': 7}, 'head_dim'),  # (a head_dim of its own is Qwen3's, tested in test_qwen.py; odd cannot rope)
     ({'architectures': ['MistralForCausalLM']}, 'MistralForCausalLM'),
     ({'architectures': ['Qwen2ForCausalLM'], 'use_sliding_window': True}, 'use_sliding_window'),
     ({'architectures': ['GPT2LMHeadModel'], 'activation_function': 'relu'}, 'activation_function'),
@@ -286,7 +286,7 @@ BPE_JSON = {'normalizer': None, 'pre_tokenizer': {'type': 'ByteLevel', 'add_pref
     ({'model': {'type': 'Unigram', 'vocab': []}}, 'Unigram'),
     ({'model': {'type': 'BPE', 'byte_fallback': True, 'vocab': {}, 'merges': []}}, 'byte_fallback'),
     ({'normalizer': {'type': 'Lowercase'}}, 'Lowercase'),
-    ({'pre_tokenizer': {'type': 'Metaspace', 'replacement': '▁'}}, 'Metaspace'),
+    ({'pre_tokenizer': {'type': 'Metaspace', 'replacement': '_'}}, 'Metaspace'),  # ('▁' loads: test_sp_tokenizer.py)
     ({'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': True, 'use_regex': True}}, 'pre-tokenizer'),
 ])
 def test_tokenizer_refusals(change, words, tmp_path):

@@ -156,4 +156,5 @@ def test_config_errors_are_readable(bad, msg):
 def test_old_config_dicts_load_with_defaults():
     cfg = ModelConfig.from_dict({'n_layer': 3, 'n_head': 2, 'n_embd': 16, 'from_the_future': 1})
     assert cfg.n_layer == 3 and cfg.rope_theta == 10000.0 and cfg.n_kv_head == 2
-    assert set(ARCH) == {'gpt2', 'llama'}
+    assert set(ARCH) == {'gpt2', 'llama', 'qwen2', 'qwen3'}
+    assert cfg.head_dim == 8 and not cfg.qk_norm  # (fields added later take their defaults)

@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import dataset  # noqa: E402
 import prepare  # noqa: E402
 import tokenizer  # noqa: E402
 
@@ -37,7 +38,7 @@ def run(tmp_path, name='ds', **kw):
 
 def docs_of(tmp_path, name, train, val):
     """Decode both splits back into their documents (split at end-of-text)."""
-    tok, meta = prepare.load_meta(tmp_path / 'data' / name)
+    tok, meta = dataset.load_meta(tmp_path / 'data' / name)
     out = []
     for ids in (train, val):
         text = tok.decode(ids.tolist())
@@ -77,7 +78,7 @@ def test_one_txt_file_is_one_document_split_by_tokens(tmp_path):
     assert meta['documents'] == 1 and 'last 0.1' in meta['split']
     total = len(''.join(DOCS))
     assert len(val) == int(total * 0.1) and len(train) + len(val) == total  # char: 1 token a char
-    tok, _ = prepare.load_meta(tmp_path / 'data' / 'ds')
+    tok, _ = dataset.load_meta(tmp_path / 'data' / 'ds')
     assert tok.decode(train.tolist() + val.tolist()) == ''.join(DOCS)  # no separator in one document
     assert meta['vocab_size'] == len(set(''.join(DOCS))) + 1 and meta['dtype'] == 'uint16'
 
@@ -128,7 +129,7 @@ def test_jsonl_field_and_gz_read_directly(tmp_path):
     tr, va = docs_of(tmp_path, 'plain', t1, v1)
     assert sorted(tr + va) == sorted(DOCS)
     m3, t3, v3 = run(tmp_path, name='txtgz', input=[str(tmp_path / 'b.txt.gz')])
-    tok, _ = prepare.load_meta(tmp_path / 'data' / 'txtgz')
+    tok, _ = dataset.load_meta(tmp_path / 'data' / 'txtgz')
     assert tok.decode(t3.tolist() + v3.tolist()) == DOCS[0] * 10
 
 
@@ -140,7 +141,7 @@ def test_a_bom_at_the_start_of_a_file_is_dropped(tmp_path):
     (tmp_path / 'c.txt').write_bytes(bom + ''.join(DOCS).encode())
     for name, src in (('a', 'a.jsonl'), ('b', 'b.jsonl.gz'), ('c', 'c.txt')):
         meta, train, val = run(tmp_path, name=name, input=[str(tmp_path / src)])
-        tok, _ = prepare.load_meta(tmp_path / 'data' / name)
+        tok, _ = dataset.load_meta(tmp_path / 'data' / name)
         text = tok.decode(train.tolist() + val.tolist())  # (a .txt is one document: no separator)
         assert sorted(d for d in text.split('<|endoftext|>') if d) == sorted(DOCS if name != 'c' else [''.join(DOCS)])
         assert '\ufeff' not in meta['tokenizer']['chars'] and meta['bad_bytes'] == 0
@@ -278,13 +279,13 @@ def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
     if content is not None:
         (d / 'meta.json').write_text(content)
     with pytest.raises(ValueError) as e:
-        prepare.load_meta(d)
+        dataset.load_meta(d)
     msg = str(e.value)
     assert '\n' not in msg and msg.endswith('rerun: python prepare.py mydata'), msg
     for w in words:
         assert w in msg, (w, msg)
     (d / 'meta.json').write_text(json.dumps(GOOD_META))
-    tok, meta = prepare.load_meta(d)  # and the good one loads
+    tok, meta = dataset.load_meta(d)  # and the good one loads
     assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
 
 
@@ -357,7 +358,7 @@ def test_undecodable_bytes_are_counted_and_replaced(tmp_path):
     code, out, err = cli('x', '--input', str(src), '--tokenizer=char', f'--out_dir={tmp_path}', '--val_fraction=0.5')
     assert code == 0, err
     assert 'replaced 4 undecodable bytes' in out and 'a.txt' in out
-    tok, meta = prepare.load_meta(tmp_path / 'x')
+    tok, meta = dataset.load_meta(tmp_path / 'x')
     assert meta['bad_bytes'] == 4 and '\ufffd' in meta['tokenizer']['chars']
 
 
@@ -658,11 +659,11 @@ class FakeResponse:
 def test_known_dataset_uses_a_file_already_in_place(tmp_path, monkeypatch):
     def no_network(*a, **k):
         raise AssertionError('must not download')
-    monkeypatch.setattr(prepare.urllib.request, 'urlopen', no_network)
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', no_network)
     raw = tmp_path / 'data' / 'shakespeare_char' / 'input.txt'
     raw.parent.mkdir(parents=True)
     raw.write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n' * 20)
-    meta = prepare.prepare_known('shakespeare_char', out_dir=str(tmp_path / 'data'))
+    meta = prepare.prepare('shakespeare_char', out_dir=str(tmp_path / 'data'), workers=1)
     assert meta['tokenizer']['kind'] == 'char' and meta['train_tokens'] + meta['val_tokens'] == len(raw.read_text())
 
 
@@ -674,10 +675,10 @@ def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys, ou
 
     def offline(*a, **k):
         raise urllib.error.URLError('no network')
-    monkeypatch.setattr(prepare.urllib.request, 'urlopen', offline)
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', offline)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        prepare.prepare_known('verdict', out_dir=out_dir)
+        prepare.prepare('verdict', out_dir=out_dir, workers=1)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -689,16 +690,16 @@ def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys, ou
 
 
 def test_download_is_checked_by_sha256(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(prepare.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(b'not the verdict'))
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(b'not the verdict'))
     with pytest.raises(SystemExit):
-        prepare.fetch('verdict', out_dir=str(tmp_path))
+        dataset.fetch('verdict', out_dir=str(tmp_path))
     assert 'sha256' in capsys.readouterr().err
     assert not (tmp_path / 'verdict').exists()  # nothing saved, not even a folder
     real = SHARED / 'the-verdict.txt'
     if not real.exists():
         pytest.skip('needs ../shared/data/the-verdict.txt for the good download')
     data = real.read_bytes()
-    assert hashlib.sha256(data).hexdigest() == prepare.KNOWN['verdict']['sha256']
-    monkeypatch.setattr(prepare.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(data))
-    path = prepare.fetch('verdict', out_dir=str(tmp_path))
+    assert hashlib.sha256(data).hexdigest() == dataset.KNOWN['verdict']['sha256']
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(data))
+    path = dataset.fetch('verdict', out_dir=str(tmp_path))
     assert Path(path).read_bytes() == data and Path(path).name == 'the-verdict.txt'

@@ -1,4 +1,4 @@
-"""The shared run machinery (common.py, checkpoint.py) as the scripts use it: trackers, the log,
+"""The shared run machinery (cli.py, training.py, checkpoint.py) as the scripts use it: trackers, the log,
 atomic writes, signals and exit codes."""
 import json
 import os
@@ -63,7 +63,7 @@ def test_every_log_row_carries_its_step_time(char_data, tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
-    from common import atomic_write
+    from cli import atomic_write
     path = tmp_path / 'f.txt'
     path.write_text('old')
     with pytest.raises(ZeroDivisionError):

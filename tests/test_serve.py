@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-import common
 import serve
+import training
 import tokenizer
 from conftest import ROOT, run
 from model import GPT, make_config
@@ -50,12 +50,12 @@ def random_model(arch='gpt2', block=64, n_embd=32, **kw):
 
 
 def cpu():
-    return common.init_run('cpu', 'float32')
+    return training.init_run('cpu', 'float32')
 
 
 # ----------------------------------------------------------------------------- the scheduler (no optional packages)
 
-@pytest.mark.parametrize('arch,kw', [('gpt2', {}), ('llama', {'n_kv_head': 1})])
+@pytest.mark.parametrize('arch,kw', [('gpt2', {}), ('llama', {'n_kv_head': 1}), ('qwen3', {'n_kv_head': 1, 'head_dim': 24})])
 def test_batched_decoding_gives_the_tokens_of_one_sequence_at_a_time(arch, kw):
     model = random_model(arch, **kw)
     engine = serve.Engine(model, cpu(), max_batch=8, max_queue=8)

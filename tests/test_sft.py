@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import chat
+import chat_data
 import tokenizer
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from conftest import ROOT, SHARED, TINY, make_text, run, shared_file
@@ -40,7 +40,7 @@ CONVERSATION = [{'role': 'system', 'content': 'be brief.'},
 def test_mask_is_exactly_the_assistant_spans(tok, tmp_path):
     """Token by token against the text: a token counts iff it lies in an assistant turn's content
     or is the <|im_end|> closing it; and the targets the loss sees are those tokens, shifted by one."""
-    ids, mask = chat.encode_chat(tok, CONVERSATION)
+    ids, mask = chat_data.encode_chat(tok, CONVERSATION)
     text = ''.join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CONVERSATION)
     assert tok.decode(ids) == text
     spans, at = [], 0  # character spans of what the model must write
@@ -57,10 +57,10 @@ def test_mask_is_exactly_the_assistant_spans(tok, tmp_path):
 
     # through the cache and the batch maker finetune_sft.py uses
     (tmp_path / 'one.jsonl').write_text(json.dumps({'messages': CONVERSATION}) + '\n')
-    meta = chat.build_cache(str(tmp_path / 'one.jsonl'), tok, {'kind': 'test'}, str(tmp_path / 'c'), 0.5, 0)
-    data, _ = chat.load_cache(str(tmp_path / 'c'))
+    meta = chat_data.build_cache(str(tmp_path / 'one.jsonl'), tok, {'kind': 'test'}, str(tmp_path / 'c'), 0.5, 0)
+    data, _ = chat_data.load_cache(str(tmp_path / 'c'))
     split = data['train' if meta['examples']['train'] else 'val']
-    x, y = chat.make_batch(split, [0], 1000, pad_id=tok.eot)
+    x, y = chat_data.make_batch(split, [0], 1000, pad_id=tok.eot)
     assert x[0].tolist() == ids[:-1]
     for t in range(len(ids) - 1):
         assert y[0, t] == (ids[t + 1] if expected[t + 1] else -100), t
@@ -73,16 +73,16 @@ def test_padding_and_the_cut(tok, tmp_path):
     late = [{'role': 'user', 'content': 'the quiet garden ' * 20}, {'role': 'assistant', 'content': 'yes.'}]
     path = tmp_path / 'd.jsonl'
     path.write_text(''.join(json.dumps({'messages': m}) + '\n' for m in (CONVERSATION, short, late)))
-    meta = chat.build_cache(str(path), tok, {'kind': 'test'}, str(tmp_path / 'c'), 1e-9, 0)
-    assert chat.build_cache(str(path), tok, {'kind': 'test'}, str(tmp_path / 'c'), 1e-9, 0, say=None) == meta  # reused
-    split = chat.load_cache(str(tmp_path / 'c'))[0]['train']
-    ids, mask = chat.encode_chat(tok, CONVERSATION)
+    meta = chat_data.build_cache(str(path), tok, {'kind': 'test'}, str(tmp_path / 'c'), 1e-9, 0)
+    assert chat_data.build_cache(str(path), tok, {'kind': 'test'}, str(tmp_path / 'c'), 1e-9, 0, say=None) == meta  # reused
+    split = chat_data.load_cache(str(tmp_path / 'c'))[0]['train']
+    ids, mask = chat_data.encode_chat(tok, CONVERSATION)
     block = mask.index(1) + 4  # the conversation is cut after its first few reply tokens
-    n_short = len(chat.encode_chat(tok, short)[0])
-    assert n_short < block < len(ids) and chat.encode_chat(tok, late)[1].index(1) > block
-    keep, n_cut, n_dropped = chat.usable(split, block)
+    n_short = len(chat_data.encode_chat(tok, short)[0])
+    assert n_short < block < len(ids) and chat_data.encode_chat(tok, late)[1].index(1) > block
+    keep, n_cut, n_dropped = chat_data.usable(split, block)
     assert keep.tolist() == [0, 1] and n_cut == 1 and n_dropped == 1  # the long one cut, the late reply dropped
-    x, y = chat.make_batch(split, keep, block, pad_id=tok.eot)
+    x, y = chat_data.make_batch(split, keep, block, pad_id=tok.eot)
     assert x.shape == (2, block)  # the cut: block_size + 1 tokens -> block_size inputs
     assert x[0].tolist() == ids[:block] and (y[0] != -100).sum() == 5  # reply tokens k..block of the block + 1 kept
     assert (y[1, n_short - 1:] == -100).all() and (x[1, n_short - 1:] == tok.eot).all()  # padding never counts
@@ -93,17 +93,17 @@ def test_alpaca_records_map_onto_the_template(tok, tmp_path):
             {'instruction': 'Edit the following sentence for grammar.', 'input': 'He go to the park.', 'output': 'He goes to the park.'}]
     path = tmp_path / 'alpaca.json'
     path.write_text(json.dumps(recs, indent=4))  # a JSON array, as instruction-data.json is
-    got = list(chat.read_examples(str(path)))
+    got = list(chat_data.read_examples(str(path)))
     assert [w for w, _ in got] == [f'{path}:2', f'{path}:7']
-    texts = [tok.decode(chat.encode_chat(tok, m)[0]) for _, m in got]
+    texts = [tok.decode(chat_data.encode_chat(tok, m)[0]) for _, m in got]
     assert texts[0] == ('<|im_start|>user\nConvert 45 kilometers to meters.<|im_end|>\n'
                         '<|im_start|>assistant\n45 kilometers is 45000 meters.<|im_end|>\n')
     assert texts[1] == ('<|im_start|>user\nEdit the following sentence for grammar.\n\nHe go to the park.<|im_end|>\n'
                         '<|im_start|>assistant\nHe goes to the park.<|im_end|>\n')
     (tmp_path / 'alpaca.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
-    assert [m for _, m in chat.read_examples(str(tmp_path / 'alpaca.jsonl'))] == [m for _, m in got]
+    assert [m for _, m in chat_data.read_examples(str(tmp_path / 'alpaca.jsonl'))] == [m for _, m in got]
     # the chat prompt sample.py builds is the training text up to the reply
-    prompt = tok.decode(chat.prompt_ids(tok, got[0][1][:1]))
+    prompt = tok.decode(chat_data.prompt_ids(tok, got[0][1][:1]))
     assert texts[0].startswith(prompt) and prompt.endswith('<|im_start|>assistant\n')
 
 
@@ -122,11 +122,11 @@ def test_bad_records_name_file_and_line(tmp_path, capsys, line, problem):
     path = tmp_path / 'bad.jsonl'
     path.write_text(f'{good}\n\n{line}\n{good}\n')
     with pytest.raises(SystemExit) as e:
-        list(chat.read_examples(str(path)))
+        list(chat_data.read_examples(str(path)))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and err.startswith(f'error: {path}:3: {problem}') and '\n' not in err
     counts = {}
-    assert len(list(chat.read_examples(str(path), skip_bad_lines=True, counts=counts))) == 2 and counts['bad_lines'] == 1
+    assert len(list(chat_data.read_examples(str(path), skip_bad_lines=True, counts=counts))) == 2 and counts['bad_lines'] == 1
 
 
 def test_bad_input_to_the_script_is_one_line(sft_base, tmp_path):
@@ -209,11 +209,11 @@ def test_chat_history_and_the_stop_token(sft_base, tok, tmp_path):
     for i in range(6):
         turns += [{'role': 'user', 'content': f'question {i}?'}, {'role': 'assistant', 'content': f'answer {i}.'}]
     turns.append({'role': 'user', 'content': 'last?'})
-    full = chat.prompt_ids(tok, turns)
-    ids, dropped = chat.fit_history(tok, turns, len(full) - 1)  # one token too many: the oldest exchange goes
-    assert dropped == 2 and ids == chat.prompt_ids(tok, turns[:1] + turns[3:])
-    ids, dropped = chat.fit_history(tok, turns, 10)  # nothing fits: the system prompt and the last message stay
-    assert dropped == 12 and ids == chat.prompt_ids(tok, [turns[0], turns[-1]])
+    full = chat_data.prompt_ids(tok, turns)
+    ids, dropped = chat_data.fit_history(tok, turns, len(full) - 1)  # one token too many: the oldest exchange goes
+    assert dropped == 2 and ids == chat_data.prompt_ids(tok, turns[:1] + turns[3:])
+    ids, dropped = chat_data.fit_history(tok, turns, 10)  # nothing fits: the system prompt and the last message stay
+    assert dropped == 12 and ids == chat_data.prompt_ids(tok, [turns[0], turns[-1]])
     # a model that always says <|im_end|>: the reply must stop there, empty
     im_end = tok.special['<|im_end|>']
     cfg = make_config('gpt2', block_size=64, vocab_size=tok.n_vocab, n_layer=1, n_head=2, n_embd=16)

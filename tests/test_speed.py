@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import training
 from conftest import ROOT, TINY, run, shared_file
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from model import GPT, make_config
@@ -71,17 +71,17 @@ def test_bf16_autocast_on_cpu_trains_with_float32_weights():
     assert all(v.dtype == torch.float32 for s in opt.state.values() for k, v in s.items() if k != 'step')
 
 
-def test_auto_dtype_on_a_cpu_follows_its_instructions_and_the_probe(monkeypatch):
-    assert common.cpu_bf16_speedup(16, tokens=8, rounds=1) > 0  # the probe itself runs here
-    monkeypatch.setattr(common, 'cpu_bf16_flags', lambda: '')
-    assert common.resolve_device('cpu', 'auto', 128)[2] == 'float32' and 'no AVX512-BF16 or AMX' in common.dtype_note
-    monkeypatch.setattr(common, 'cpu_bf16_flags', lambda: 'avx512_bf16 amx_bf16')
-    for speedup, dtype in [(2.0, 'bfloat16'), (1.05, 'float32')]:
-        monkeypatch.setattr(common, 'cpu_bf16_speedup', lambda width, s=speedup: s)
-        assert common.resolve_device('cpu', 'auto', 128)[2] == dtype
-        assert common.dtype_note.startswith(f'dtype auto: {dtype} (avx512_bf16, amx_bf16: an MLP of width 128 runs')
-    assert common.resolve_device('cpu', 'auto')[2] == 'float32'  # no width: no probe
-    assert common.resolve_device('cpu', 'bfloat16', 128)[2] == 'bfloat16'  # an explicit choice is kept
+def test_auto_dtype_on_a_cpu_is_a_rule_of_its_instructions_and_the_width(monkeypatch):
+    """Deterministic: the same machine and settings always give the same dtype (no timing probe)."""
+    monkeypatch.setattr(training, 'cpu_bf16_flags', lambda: '')
+    assert training.resolve_device('cpu', 'auto', 1024)[2] == 'float32' and 'no AVX512-BF16 or AMX' in training.dtype_note
+    monkeypatch.setattr(training, 'cpu_bf16_flags', lambda: 'avx512_bf16 amx_bf16')
+    w = training.CPU_BF16_WIDTH
+    for width, dtype in [(w, 'bfloat16'), (4 * w, 'bfloat16'), (w - 1, 'float32'), (None, 'float32')]:
+        assert [training.resolve_device('cpu', 'auto', width)[2] for _ in range(3)] == [dtype] * 3
+        assert training.dtype_note.startswith(f'dtype auto: {dtype} (avx512_bf16, amx_bf16;')
+    assert training.resolve_device('cpu', 'bfloat16', 128)[2] == 'bfloat16'  # an explicit choice is kept
+    assert training.resolve_device('cpu', 'float32', 4 * w)[2] == 'float32'
 
 
 def test_train_runs_in_bf16_on_a_cpu(char_data, tmp_path):

@@ -4,8 +4,8 @@ them then fails to import, as it does on a machine without it; subprocesses inhe
 import importlib.abc
 import sys
 
-OPTIONAL = {'matplotlib', 'safetensors', 'transformers', 'tokenizers', 'huggingface_hub', 'wandb', 'swanlab',
-            'fastapi', 'starlette', 'uvicorn', 'httpx', 'openai', 'selenium', 'playwright'}
+OPTIONAL = {'matplotlib', 'safetensors', 'transformers', 'tokenizers', 'huggingface_hub', 'wandb', 'swanlab', 'gguf',
+            'sentencepiece', 'fastapi', 'starlette', 'uvicorn', 'httpx', 'openai', 'selenium', 'playwright'}
 
 
 class _Absent(importlib.abc.MetaPathFinder):

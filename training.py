@@ -1,220 +1,27 @@
 """
-What every nanolm script needs around its own work, written once so that a fix lands once:
+What a training run needs around its loop, written once for train.py, finetune_sft.py and
+finetune_cls.py (the loops themselves are written out in those scripts):
 
-  errors     die() prints one line and exits 1; uncaught errors print one line too
-             (NANOLM_DEBUG=1 or --debug: the full traceback, config errors included)
-  signals    one rule for all scripts: Ctrl-C / SIGTERM exit with 128 + the signal
-             (130 / 143). Training scripts finish the step and save first.
-  files      atomic_write(): a temp file beside the target, renamed into place only when
-             complete; a full disk is named and the temp file removed
-  bad lines  one policy for malformed JSONL records: stop naming file:line, or skip and count
-  runs       device / dtype / DDP setup and the clean DDP exit, the LR schedule, peak
-             FLOP/s for MFU, log.jsonl (+ Weights & Biases / SwanLab) and the loss plot
+  device     init_run(): device, dtype and autocast, and under torchrun the process group
+  wrapping   wrap_model(): DDP or FSDP2, torch.compile; grad_sync() for accumulation
+  stopping   should_stop() (all processes agree), leave_resumable() and leave()
+  schedule   cosine_lr(): warmup, then a cosine or a warmup-stable-decay
+  MFU        peak_flops(): a GPU's spec sheet, or a matmul timed here
+  the log    open_log(): log.jsonl (+ Weights & Biases / SwanLab); plot_log(): loss.png
 
-The training loops themselves are written out in train.py and finetune_sft.py; checkpoints
-and resume live in checkpoint.py. This module imports torch only inside the functions that
-need it: scripts import it first, so even a Ctrl-C during the slow torch import is one line.
+Checkpoints and resume live in checkpoint.py. torch is imported inside the functions that need
+it, so that a script's first import (cli) can make even a Ctrl-C during that import one line.
 """
-import contextlib
-import errno
 import json
 import math
 import os
-import shutil
-import signal
 import sys
 import time
-import traceback
 
-DEBUG = os.environ.get('NANOLM_DEBUG', '') not in ('', '0') or '--debug' in sys.argv
-
-# ----------------------------------------------------------------------------- one-line errors
-
-exit_fn = sys.exit  # how die() leaves; under DDP init_run() swaps in leave(), which avoids a shutdown race
-
-
-def die(msg, code=1):
-    """Bad input or a state we refuse: one line on stderr, exit non-zero, nothing written."""
-    if DEBUG:  # the traceback of the error being handled, or else of the call to die()
-        traceback.print_exc() if sys.exc_info()[0] else traceback.print_stack()
-    end_progress()  # the error gets a line of its own
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    exit_fn(code)
-
-
-def _excepthook(etype, err, tb):
-    if DEBUG:
-        return sys.__excepthook__(etype, err, tb)
-    end_progress()
-    if issubclass(etype, KeyboardInterrupt):  # Ctrl-C before our handler was installed (Python exits 130)
-        print("\ninterrupted", file=sys.stderr)
-    elif issubclass(etype, (ValueError, OSError)):  # our own one-line messages travel as these
-        print(f"error: {err}", file=sys.stderr)
-    else:  # a bug, or something we did not foresee: still one line, with the way to see more
-        print(f"error: {etype.__name__}: {err} (rerun with NANOLM_DEBUG=1 for the traceback)", file=sys.stderr)
-
-
-sys.excepthook = _excepthook
-
-# ----------------------------------------------------------------------------- progress lines
-
-_progress = {'last': time.time(), 'showing': False}  # from now: quick work shows no status line at all
-
-
-def progress(text, every=0.5):
-    """A status line on stderr at most every `every` s: rewritten in place on a terminal,
-    one line each time otherwise (a log file must not get lines run together by \\r).
-    text may be a function returning it: hot loops then format only the lines shown."""
-    now = time.time()
-    if now - _progress['last'] < every:
-        return
-    _progress['last'] = now
-    text = text() if callable(text) else text
-    if sys.stderr.isatty():
-        print('\r' + text[:100].ljust(100), end='', file=sys.stderr, flush=True)
-        _progress['showing'] = True
-    else:
-        print(text, file=sys.stderr, flush=True)
-
-
-def end_progress():
-    """Clear the status line (on a terminal); the next stage's first line waits `every` s again."""
-    _progress['last'] = time.time()
-    if _progress['showing']:
-        print('\r' + ' ' * 100 + '\r', end='', file=sys.stderr, flush=True)
-        _progress['showing'] = False
-
-# ----------------------------------------------------------------------------- signals
-# The rule: SIGINT (Ctrl-C) and SIGTERM (Kaggle, Slurm, docker stop) end a script with exit code
-# 128 + the signal number. Until a script says otherwise they end it at once (finally blocks
-# still run, so temp files are cleaned up); training scripts call catch_stop_signals() to finish
-# the current step and save first.
-
-stop_signal = 0  # set by the graceful handler: the signal that asked us to stop
-interrupt_note = ''  # what a stop now means, set by a script as it goes (prepare.py: 'while encoding: no dataset was written')
-
-
-def _interrupt(signum, frame):
-    end_progress()
-    note = f" {interrupt_note}" if interrupt_note else ''
-    print(f"\ninterrupted ({signal.Signals(signum).name}){note}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + signum)  # SystemExit: not caught by `except Exception`, but finally blocks run
-
-
-def interrupt_on_signals():
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
-interrupt_on_signals()  # from import on
-
-
-def catch_stop_signals(say=print):
-    """Training: a signal sets stop_signal; the loop saves and exits 128 + stop_signal. A second
-    Ctrl-C more than 2 s later quits at once (the last checkpoint on disk is complete); one
-    within 2 s is an echo of the same stop (torchrun forwards a Ctrl-C as SIGINT, then SIGTERM)."""
-    first = [0.0]
-
-    def handler(signum, frame):
-        global stop_signal
-        if not stop_signal:
-            stop_signal, first[0] = signum, time.time()
-            say(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (Ctrl-C again to quit at once)")
-        elif time.time() - first[0] > 2:
-            _interrupt(signum, frame)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-# ----------------------------------------------------------------------------- files
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode='w'):
-    """Open a temp file beside `path` for writing; when the block ends without error it is
-    fsynced and renamed over `path` (a rename is atomic), so readers see the old file or the
-    new one, never half of one. On any error the temp file is removed and `path` left as it was;
-    a failed write (a full disk, a size limit) becomes one OSError line that names the file."""
-    tmp = f"{path}.tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)  # left by a crash; it may be a hard link of a kept file, so never write into it
-    try:
-        with open(tmp, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        why = write_error(tmp, e)
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if why:
-            raise OSError(f"could not write {path}: {why}; the previous version, if any, is intact") from None
-        raise
-
-
-def write_error(path, e):
-    """Why writing `path` failed, in words, or None when `e` is not a failed write. torch.save
-    reports a full disk as a RuntimeError from its zip writer ('file write failed', or
-    '[enforce fail at inline_container.cc] unexpected pos' after a short write)."""
-    torch_io = isinstance(e, RuntimeError) and ('write' in str(e) or 'inline_container' in str(e))
-    if not (isinstance(e, OSError) or torch_io):
-        return None
-    try:
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    except OSError:
-        free = None
-    if getattr(e, 'errno', None) == errno.ENOSPC or (free is not None and free < 16 << 20):
-        return f"the disk is full ({(free or 0) / 2**20:.1f} MB free); free some space and run again"
-    if getattr(e, 'errno', None) == errno.EFBIG or torch_io:
-        return f"the write failed ({getattr(e, 'strerror', None) or 'file too large or disk full'})"
-    return e.strerror or str(e)
-
-
-def fsync_dir(path):
-    """Make renames inside a folder durable (a no-op where folders cannot be opened)."""
-    if hasattr(os, 'O_DIRECTORY'):
-        fd = os.open(path, os.O_DIRECTORY)
-        os.fsync(fd)
-        os.close(fd)
-
-# ----------------------------------------------------------------------------- bad input lines
-
-
-def bad_line(where, problem, skip_bad_lines, counts):
-    """The one policy for a record we cannot use: stop with 'file:line: problem', or, with
-    --skip_bad_lines, count it (counts['bad_lines']) and go on."""
-    if not skip_bad_lines:
-        die(f"{where}: {problem}; fix or remove that line, or pass --skip_bad_lines to skip such lines")
-    counts['bad_lines'] = counts.get('bad_lines', 0) + 1
-
-
-def parse_json_object(raw):
-    """One JSONL line -> dict, or ValueError naming what is wrong with it."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
-    return obj
-
-
-def read_jsonl(path, skip_bad_lines=False, counts=None):
-    """Yield (where, record) for each JSON object line of a .jsonl file (blank lines skipped, a
-    leading BOM dropped); bad lines follow bad_line()'s policy. where = 'path:line'."""
-    counts = {} if counts is None else counts
-    with open(path, encoding='utf-8-sig', errors='strict') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{n}", parse_json_object(line)
-            except ValueError as e:
-                bad_line(f"{path}:{n}", str(e), skip_bad_lines, counts)
+import cli
+from cli import atomic_write, die
 
 # ----------------------------------------------------------------------------- device, dtype, DDP
-
 
 def cpu_bf16_flags():
     """This CPU's native bf16 instructions, as /proc/cpuinfo names them ('' when none, or not Linux):
@@ -227,38 +34,18 @@ def cpu_bf16_flags():
     return ' '.join(name for name in ('avx512_bf16', 'amx_bf16') if name in flags)
 
 
-def cpu_bf16_speedup(width, tokens=512, rounds=3):
-    """float32 time / bf16-autocast time of one MLP of this width (tokens x C -> 4C -> C, forward
-    and backward, the bulk of a block's work) on this CPU: above 1, bf16 is faster. The two are
-    timed in turns and the best round of each kept, so a busy machine does not favour either."""
-    import torch
-    import torch.nn.functional as F
-    x = torch.randn(tokens, width)
-    w1 = torch.randn(4 * width, width, requires_grad=True)
-    w2 = torch.randn(width, 4 * width, requires_grad=True)
-    best = {False: float('inf'), True: float('inf')}
-    for _ in range(rounds):
-        for bf16 in (False, True):
-            t0 = time.perf_counter()
-            for _ in range(2):
-                with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-                    y = F.linear(F.gelu(F.linear(x, w1)), w2)  # (tokens, C)
-                y.float().square().mean().backward()
-            best[bf16] = min(best[bf16], time.perf_counter() - t0)
-    return best[False] / best[True]
-
-
 dtype_note = ''  # why resolve_device() chose a CPU's dtype under 'auto', for the script to print
-bf16_speedup = 0.0  # what its probe measured (0: no probe ran)
+CPU_BF16_WIDTH = 256  # 'auto' on a CPU with native bf16: bfloat16 from this n_embd up (see resolve_device)
 
 
 def resolve_device(device, dtype, width=None):
     """'auto' -> the best this machine has: cuda > mps > cpu; bfloat16 on GPUs that run it
     natively (Ampere and newer), float16 on older ones (T4, V100: needs a GradScaler when
     training), float32 on MPS. On a CPU, bfloat16 autocast when the CPU has native bf16 (AVX512-BF16
-    or AMX) and a probe of an MLP of the model's `width` runs faster in it; float32 otherwise (and
-    when no width is given). Explicit choices are checked, not trusted."""
-    global dtype_note, bf16_speedup
+    or AMX) and the model is at least CPU_BF16_WIDTH wide, float32 otherwise (and when no width is
+    given). A rule, not a timing: the same machine and settings always get the same dtype.
+    Explicit choices are checked, not trusted."""
+    global dtype_note
     import torch
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
@@ -278,12 +65,15 @@ def resolve_device(device, dtype, width=None):
         flags = cpu_bf16_flags() if kind == 'cpu' else ''
         if kind == 'cpu' and not flags:
             dtype_note = "dtype auto: float32 (this CPU has no AVX512-BF16 or AMX: bf16 would be emulated, many times slower)"
-        elif kind == 'cpu' and width:
-            # Native bf16 doubles the matmul rate, but autocast adds casts: at a small width they can eat the gain.
-            bf16_speedup = cpu_bf16_speedup(width)
-            dtype = 'bfloat16' if bf16_speedup > 1.15 else 'float32'
-            dtype_note = (f"dtype auto: {dtype} ({flags.replace(' ', ', ')}: an MLP of width {width} runs "
-                          f"{bf16_speedup:.2f}x as fast under bf16 autocast as in float32)")
+        elif kind == 'cpu':
+            # Native bf16 doubles the matmul rate, but autocast adds casts around every matmul, and in a
+            # narrow model those casts and the float32 rest of the step are most of the time. Measured
+            # (an EPYC with AVX512-BF16): an MLP of width 128 gains 1.45x, a whole speedrun step less,
+            # and the numbers of small models move; from width 256 up the matmuls dominate (1.9-2.4x).
+            wide = (width or 0) >= CPU_BF16_WIDTH
+            dtype = 'bfloat16' if wide else 'float32'
+            dtype_note = (f"dtype auto: {dtype} ({flags.replace(' ', ', ')}; n_embd={width} is "
+                          f"{'at least' if wide else 'under'} {CPU_BF16_WIDTH}: --dtype=float32 or bfloat16 to choose)")
     if dtype not in ('float32', 'bfloat16', 'float16'):
         die(f"dtype={dtype!r} must be 'auto', 'float32', 'bfloat16' or 'float16'")
     if dtype == 'float16' and kind != 'cuda':
@@ -310,8 +100,8 @@ def init_run(device='auto', dtype='auto', timeout=600, width=None):
     """Device and dtype, and under torchrun the process group (nccl on GPUs, gloo on CPUs).
     timeout: seconds a collective may wait for the other processes before it fails, so a hung
     or lost rank ends the job instead of blocking it forever (torch's default is 10-30 min).
-    width: the model's n_embd, for the bf16 probe on a CPU (see resolve_device); env.dtype_note
-    says what the probe found."""
+    width: the model's n_embd, for 'auto' on a CPU with native bf16 (see resolve_device);
+    env.dtype_note says what 'auto' chose and why."""
     import datetime
     import torch
     import torch.distributed as dist
@@ -327,14 +117,9 @@ def init_run(device='auto', dtype='auto', timeout=600, width=None):
     if env.ddp:
         dist.init_process_group(backend='nccl' if env.device_type == 'cuda' else 'gloo',
                                 timeout=datetime.timedelta(seconds=timeout))
-        if dtype == 'auto' and bf16_speedup:  # each rank timed its own probe: bf16 only if every rank chose it
-            vote = torch.tensor(int(env.dtype == 'bfloat16'))
-            dist.all_reduce(vote, op=dist.ReduceOp.MIN)
-            env.dtype = 'bfloat16' if vote.item() else 'float32'
         if env.device_type == 'cuda':
             torch.cuda.set_device(env.device)
-        global exit_fn
-        exit_fn = leave  # die() on any rank must not race gloo's threads either
+        cli.exit_fn = leave  # die() on any rank must not race gloo's threads either
     if env.device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
         torch.backends.cudnn.allow_tf32 = True
@@ -351,26 +136,32 @@ def set_dtype(env, dtype):
     env.autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=env.device_type, dtype=env.ptdtype)
 
 
-def optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, where):
-    """The end of a training step, after backward: clip the true gradients (unscaled first under
-    fp16), step, zero the gradients. A NaN/inf loss stops the run (its last checkpoint untouched)
-    or, with skip_nonfinite, skips the update. where: (iter_num, learning_rate, out_dir) for the
-    message. Returns 1 if the step was skipped, else 0."""
-    import torch
-    skip = not math.isfinite(loss_value)
-    if skip and not skip_nonfinite:
+def resume_dtype(env, asked, saved, say):
+    """On resume, keep the dtype the run was started in (the same numbers as an unbroken run) when
+    dtype='auto' and this device runs it; an explicit --dtype wins, and is said to cost exactness."""
+    if not saved or saved == env.dtype:
+        return
+    if asked != 'auto':
+        say(f"note: the run was started in {saved}; --dtype={asked} continues it in {asked} (not bit-exact with an unbroken run)")
+    elif saved == 'float16' and env.device_type != 'cuda' or saved == 'bfloat16' and env.device_type == 'cpu' and not cpu_bf16_flags():
+        say(f"note: the run was started in {saved}, which this {env.device_type} cannot run well; continuing in {env.dtype}")
+    else:
+        set_dtype(env, saved)
+        say(f"dtype: {saved}, as the run was started (exact resume; --dtype=... to change it)")
+
+
+def check_loss(loss_value, skip_nonfinite, where):
+    """A NaN/inf loss stops the run (its last checkpoint untouched), or with skip_nonfinite tells the
+    loop to skip the update. where: (iter_num, learning_rate, out_dir) for the message.
+    Returns True when this step's update must be skipped."""
+    if math.isfinite(loss_value):
+        return False
+    if not skip_nonfinite:
         it, lr, out_dir = where
         die(f"loss is {loss_value} at iter {it}. Likely causes: learning_rate={lr} too high, fp16 overflow "
             f"(try dtype=bfloat16 or float32), or bad data. The last good checkpoint in {out_dir}/ is untouched; "
             f"--skip_nonfinite=True skips such steps instead")
-    if not skip:
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return int(skip)
+    return True
 
 
 def leave_resumable(env, stop, iter_num, out_dir, say):
@@ -400,9 +191,15 @@ def leave(code=0):
 def wrap_model(model, env, compile=False, fsdp=False):
     """The model the loop calls: under torchrun wrapped in DDP (a full copy per process, gradients
     all-reduced) or sharded with FSDP2 (each process holds 1/world of the parameters, gradients
-    and optimizer state: per block, then the root); optionally torch.compile'd. The unwrapped
-    model (checkpoints, generation) is still the one passed in: FSDP2 shards it in place."""
+    and optimizer state: per block, then the root); optionally torch.compile'd (compile=None: on for
+    CUDA on Linux, where it is known to pay off). The unwrapped model (checkpoints, generation) is
+    still the one passed in: FSDP2 shards it in place."""
     import torch
+    if compile is None:
+        compile = env.device_type == 'cuda' and sys.platform == 'linux'
+        if not compile:
+            env.say(f"compile: off (auto turns torch.compile on for CUDA on Linux only: on {env.device_type} it is slow to "
+                    f"start and not known to pay off; --compile=True to try it)")
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         # On GPUs compute in bf16/fp16 but reduce gradients in fp32; on CPUs everything stays fp32.
@@ -431,10 +228,10 @@ def grad_sync(model, env, on):
 def should_stop(env):
     """The signal to stop on (0: go on), agreed by all processes so that they stop at the same step."""
     if not env.ddp:
-        return stop_signal
+        return cli.stop_signal
     import torch
     import torch.distributed as dist
-    flag = torch.tensor(stop_signal, device=env.device)
+    flag = torch.tensor(cli.stop_signal, device=env.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
 

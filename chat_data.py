@@ -1,6 +1,6 @@
 """
-The one chat template, and the chat data of supervised fine-tuning. finetune_sft.py trains
-with it and sample.py --chat talks with it, so a model is always spoken to as it was taught.
+The chat templates, and the chat data of supervised fine-tuning. finetune_sft.py trains
+with them and sample.py --chat talks with them, so a model is always spoken to as it was taught.
 
 ChatML, one block per message; the model writes a reply after `<|im_start|>assistant\\n`
 and ends it with `<|im_end|>`:
@@ -8,6 +8,14 @@ and ends it with `<|im_end|>`:
     <|im_start|>system\\n你是一位唐代诗人。<|im_end|>\\n
     <|im_start|>user\\n请以《春夜》为题，写一首诗。<|im_end|>\\n
     <|im_start|>assistant\\n（the poem）<|im_end|>\\n
+
+Which variant is the tokenizer's: tok.chat, from its spec's 'chat' (hf.py recognizes a released
+model's chat_template and stores it there; a fine-tuned checkpoint keeps its base's):
+  chatml    the above (nanolm's own models, and any folder whose template we do not recognize)
+  qwen2.5   ChatML, with "You are Qwen, created by Alibaba Cloud. ..." when there is no system turn
+  qwen3     ChatML with thinking off: the reply is asked for after an empty
+            `<think>\\n\\n</think>\\n\\n`, the last reply is written with one too, and earlier
+            replies lose their <think> blocks (as Qwen3's template does with enable_thinking=False)
 
 Records: chat ({"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]},
 multi-turn) or Alpaca ({"instruction", "input" (optional), "output"}: the user says the
@@ -27,9 +35,12 @@ import time
 
 import numpy as np
 
-from common import atomic_write, bad_line, die, progress, end_progress, read_jsonl
+from cli import atomic_write, bad_line, die, progress, end_progress, read_jsonl
 
 IM_START, IM_END = '<|im_start|>', '<|im_end|>'
+FORMATS = ('chatml', 'qwen2.5', 'qwen3')
+QWEN25_SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
+EMPTY_THINK = '<think>\n\n</think>\n\n'  # Qwen3 with thinking off: a closed, empty reasoning block
 ROLES = ('system', 'user', 'assistant')
 CACHE_VERSION = 1  # change it when the template or the cache files change: old caches are rebuilt
 
@@ -44,15 +55,49 @@ def chat_ids(tok):
     return tok.special[IM_START], tok.special[IM_END]
 
 
+def chat_format(tok):
+    fmt = getattr(tok, 'chat', 'chatml')
+    if fmt not in FORMATS:
+        raise ValueError(f"its tokenizer names the chat format {fmt!r}, which this nanolm does not know ({', '.join(FORMATS)})")
+    if fmt == 'qwen3' and not {'<think>', '</think>'} <= set(tok.special):
+        raise ValueError("its tokenizer has the qwen3 chat format but no <think> and </think> tokens")
+    return fmt
+
+
+def _qwen3_reply(content, after_last_query, last):
+    """Qwen3's template on one assistant turn -> (think block, reply text). A <think>...</think> in
+    the content is its reasoning; after the last user turn the last reply (or one with reasoning)
+    is written with a think block, empty or not, and every other reply without one."""
+    reasoning = ''
+    if '</think>' in content:
+        reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n')
+        content = content.split('</think>')[-1].lstrip('\n')
+    if after_last_query and (last or reasoning):
+        return '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n', content.lstrip('\n')
+    return '', content
+
+
 def encode_chat(tok, messages):
     """messages -> (ids, mask), two lists of the same length. mask[i] = 1 where token i is one
     the model must learn to write: the content of every assistant turn and the <|im_end|> that
-    closes it. Headers (<|im_start|>role\\n), system and user turns and the newline after each
-    <|im_end|> are 0. Each piece is encoded on its own, the same way for training and chat."""
+    closes it (and, for qwen3, a reasoning block written in it). Headers (<|im_start|>role\\n, and
+    qwen3's empty think block), system and user turns and the newline after each <|im_end|> are 0.
+    Each piece is encoded on its own, the same way for training and chat; the contents as plain text
+    (a "<|im_end|>" typed by a user stays text), the template's own pieces with their special tokens."""
     start, end = chat_ids(tok)
+    fmt = chat_format(tok)
+    if fmt == 'qwen2.5' and (not messages or messages[0]['role'] != 'system'):
+        messages = [{'role': 'system', 'content': QWEN25_SYSTEM}] + list(messages)
+    last_query = max((i for i, m in enumerate(messages) if m['role'] == 'user'), default=-1)
     ids, mask = [], []
-    for m in messages:
-        head, body, tail = [start] + tok.encode(m['role'] + '\n'), tok.encode(m['content']) + [end], tok.encode('\n')
+    for i, m in enumerate(messages):
+        head, content, think = [start] + tok.encode(m['role'] + '\n'), m['content'], []
+        if fmt == 'qwen3' and m['role'] == 'assistant':
+            block, content = _qwen3_reply(content, i > last_query, i == len(messages) - 1)
+            think = tok.encode_special(block) if block else []
+            if block == EMPTY_THINK:  # nothing the model wrote: part of the header, like the generation prompt's
+                head, think = head + think, []
+        body, tail = think + tok.encode(content) + [end], tok.encode('\n')
         learn = int(m['role'] == 'assistant')
         ids += head + body + tail
         mask += [0] * len(head) + [learn] * len(body) + [0] * len(tail)
@@ -60,9 +105,11 @@ def encode_chat(tok, messages):
 
 
 def prompt_ids(tok, messages):
-    """The tokens that ask for the next reply: the conversation so far, then <|im_start|>assistant\\n."""
+    """The tokens that ask for the next reply: the conversation so far, then <|im_start|>assistant\\n
+    (and for qwen3 the empty think block that keeps thinking off)."""
     start, _ = chat_ids(tok)
-    return encode_chat(tok, messages)[0] + [start] + tok.encode('assistant\n')
+    ask = [start] + tok.encode('assistant\n') + (tok.encode_special(EMPTY_THINK) if chat_format(tok) == 'qwen3' else [])
+    return encode_chat(tok, messages)[0] + ask
 
 
 def fit_history(tok, messages, budget):
