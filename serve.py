@@ -25,6 +25,10 @@ Prompt longer than the context: as sample.py --chat, the oldest exchanges are dr
 (a leading system prompt and the last message always stay) so that min(max_tokens, context/2)
 tokens are left for the reply; a prompt whose last message alone does not fit is a 400
 (context_length_exceeded). /v1/completions cuts a long prompt from the left to the same budget.
+
+Why one file over 400 lines: a server is one story (settings, the model, the scheduler, the
+requests' checks, the routes), and a reader follows a request from its route through the
+scheduler to the reply without leaving the file.
 """
 import asyncio
 import collections
