@@ -123,11 +123,13 @@ for path, t in texts.items():
 
 for path, ids in encoded.items():
     t0 = time.time()
-    nats, scored = scoring.score_text(model, ids, window, step, batch_size, device, env.autocast, show(path))
+    windows = scoring.text_windows(len(ids), window, step)
+    nats, scored = scoring.score_text(model, ids, windows, batch_size, device, env.autocast, show(path))
     common.end_progress()
-    n_bytes = len(texts[path].encode('utf-8'))
+    n_bytes, read, dt = len(texts[path].encode('utf-8')), sum(e - b - 1 for b, e, _ in windows), time.time() - t0
+    # tokens_per_s: tokens the model read per second (with stride < window it reads some twice)
     results['text'][path] = {'tokens': len(ids), 'scored': scored, 'bytes': n_bytes, **scoring.text_numbers(nats, scored, n_bytes),
-                             'tokens_per_s': round(len(scoring.text_windows(len(ids), window, step)) * (window - 1) / (time.time() - t0), 1)}
+                             'read': read, 'seconds': round(dt, 3), 'tokens_per_s': round(read / dt, 1)}
 
 examples = {}
 for path, questions in question_sets.items():

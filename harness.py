@@ -48,6 +48,8 @@ class NanoLM(LM):
         self.autocast = autocast
         self.block = int(block_size) or model.cfg.block_size
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # 'auto' -> 8
+        # what the HF tokenizer puts in front of every text it encodes by default (Llama 3's BOS), as lm-eval's HF model gets it
+        self._bos = [scoring.prefix_id(tok, spec)] if (spec or {}).get('bos') else []
 
     def _progress(self, what):
         return lambda done, total: common.progress(lambda: f"lm-eval {what}: {done}/{total}")
@@ -62,28 +64,30 @@ class NanoLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
         out = []
         for (text,) in (r.args for r in requests):
-            ids = [scoring.prefix_id(self.tok, self.spec)] + self.tok.encode(text)
-            # windows of block + 1 tokens every block: the model reads `block`, each token is scored once
-            nats, _ = scoring.score_text(self.model, ids, self.block + 1, self.block, self.batch_size, self.device_,
-                                         self.autocast)
+            # lm-eval's HF model encodes the text as its tokenizer does by default: a tokenizer that adds a
+            # BOS (Llama 3's) puts one in front, after the prefix token, which is that BOS too, and scores it.
+            ids = [scoring.prefix_id(self.tok, self.spec)] + self._bos + self.tok.encode(text)
+            nats, _ = scoring.score_text(self.model, ids, scoring.rolling_windows(len(ids), self.block),
+                                         self.batch_size, self.device_, self.autocast)
             out.append(-nats)
         return out
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm=False):
-        out = []
+        out, special = [], set(self.tok.special.values())
         for ctx, kw in (r.args for r in requests):
             until = kw.get('until') or [self.tok.decode([self.tok.eot])]
             until = [until] if isinstance(until, str) else until
             max_new = int(kw.get('max_gen_toks', 256))
-            ids = self.tok.encode(ctx)[-max(1, self.block - max_new):] or [self.tok.eot]
+            ids = (self._bos + self.tok.encode(ctx))[-max(1, self.block - max_new):] or [self.tok.eot]
             x = torch.tensor([ids], device=self.device_)
             new = []
             with self.autocast or contextlib.nullcontext():
                 for t in self.model.stream(x, min(max_new, self.block - len(ids)), temperature=0, stop_tokens={self.tok.eot}):
                     if t.item() == self.tok.eot:
                         break
-                    new.append(t.item())
+                    if t.item() not in special:  # left out of the text, as lm-eval's HF model decodes
+                        new.append(t.item())
                     if any(u in self.tok.decode(new) for u in until):
                         break
             text = self.tok.decode(new)

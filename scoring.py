@@ -81,13 +81,25 @@ def text_windows(n, block, stride):
     return out
 
 
+def rolling_windows(n, block):
+    """lm-evaluation-harness's loglikelihood_rolling over n tokens (the first is the prefix token):
+    disjoint windows that each predict the next `block` tokens, the first from the prefix token
+    on; the last one ends at the text's end and reaches back a whole window for its context.
+    -> [(begin, end, first)] as text_windows."""
+    out, done = [(0, min(block + 1, n), 1)], min(block + 1, n)
+    while done < n:
+        end = min(done + block, n)
+        out.append((end - block - 1, end, done))
+        done = end
+    return out
+
+
 @torch.no_grad()
-def score_text(model, ids, block, stride, batch_size=8, device='cpu', autocast=None, progress=None):
-    """Sum of -log p over the scored tokens of ids (see text_windows). -> (nats, scored tokens).
-    Windows of one length go through the model batch_size at a time; progress(done, total) is
-    called after each batch."""
+def score_text(model, ids, windows, batch_size=8, device='cpu', autocast=None, progress=None):
+    """Sum of -log p over the tokens the windows score (text_windows' [(begin, end, first)]).
+    -> (nats, scored tokens). Windows of one length go through the model batch_size at a time;
+    progress(done, total) is called after each batch."""
     autocast = autocast or contextlib.nullcontext()
-    windows = text_windows(len(ids), block, stride)
     nats, scored, done = 0.0, 0, 0
     ids = torch.tensor(ids, dtype=torch.long)
     groups = {}  # window length -> windows of that length (all but the last are `block` long)

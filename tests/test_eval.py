@@ -60,10 +60,11 @@ def hf_folder(path, arch):
         bos = '<|begin_of_text|>'
         t.post_processor = tk.processors.TemplateProcessing(single=f'{bos} $A', special_tokens=[(bos, t.token_to_id(bos))])
     fast = tf.PreTrainedTokenizerFast(tokenizer_object=t, eos_token='<|endoftext|>', bos_token=bos)
+    vocab = t.get_vocab_size()  # every id the model can pick is a token (generation decodes them)
     if arch == 'gpt2':
-        cfg = tf.GPT2Config(vocab_size=448, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+        cfg = tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
     else:
-        cfg = tf.LlamaConfig(vocab_size=448, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                              tie_word_embeddings=False, bos_token_id=1, eos_token_id=0)
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def test_text_matches_transformers(hf_model, bos):
     assert theirs[-len(ours):] == ours and theirs[:-len(ours)] in ([], [prefix])
     ids = ([prefix] if bos else []) + ours
     for stride in (13, 32, 64):
-        nats, scored = scoring.score_text(model, ids, 64, stride, batch_size=3)
+        nats, scored = scoring.score_text(model, ids, scoring.text_windows(len(ids), 64, stride), batch_size=3)
         want, count = hf_nats(hf_model, ids, 64, stride)
         assert scored == count and abs(nats - want) / want < 1e-5, (stride, nats, want)
         if stride < 64:
@@ -302,3 +303,56 @@ def test_questions_match_lm_eval_hf(hf_model, tmp_path, shots, monkeypatch):
     got = json.loads(out.read_text())['tasks'][str(tmp_path / 'nanolm_local.jsonl')]
     assert (got['acc'], got['acc_norm'], got['n']) == (acc, acc_norm, 10)
     assert 'acc_norm' in p.stdout
+
+
+def nanolm_checkpoint(hf_model, out_dir):
+    """The HF model as a nanolm checkpoint (out_dir/ckpt.pt): what train.py's runs look like to eval.py."""
+    _, _, ck = load_model('', init_from=f'hf:{hf_model}')
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(ck, os.path.join(out_dir, 'ckpt.pt'))
+    return out_dir
+
+
+@pytest.mark.slow
+def test_nanolm_model_class_answers_as_lm_eval_hf(hf_model, tmp_path):
+    """harness.NanoLM's three request types give what lm-eval's own HF model gives for the same model."""
+    need('lm_eval')
+    from types import SimpleNamespace
+    from lm_eval.models.huggingface import HFLM
+    import harness
+    theirs = HFLM(pretrained=str(hf_model), dtype='float32', batch_size=2, device='cpu')
+    ours = harness.NanoLM(out_dir=nanolm_checkpoint(hf_model, tmp_path / 'out'), device='cpu', dtype='float32', batch_size=3)
+    reqs = [SimpleNamespace(args=(q['context'], ' ' + c)) for q in questions(4) for c in q['choices']]
+    reqs.append(SimpleNamespace(args=('', 'the cat')))  # empty context: the prefix token
+    for (a, ga), (b, gb) in zip(theirs.loglikelihood(reqs), ours.loglikelihood(reqs)):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-5) and ga == gb
+    docs = [SimpleNamespace(args=(make_text(30, seed=s),)) for s in (4, 5)]  # each longer than the 64-token window
+    for a, b in zip(theirs.loglikelihood_rolling(docs), ours.loglikelihood_rolling(docs)):
+        assert a == pytest.approx(b, rel=1e-5)
+    gens = [SimpleNamespace(args=(q['context'], {'until': ['.'], 'max_gen_toks': 12, 'do_sample': False})) for q in questions(3)]
+    assert theirs.generate_until(gens) == ours.generate_until(gens)
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_and_eval_py_lm_eval(hf_model, tmp_path):
+    """A nanolm checkpoint on a local lm-eval task, through lm-eval's own command line (harness.py run)
+    and through eval.py --lm_eval: the accuracy eval.py --tasks gives for the same questions."""
+    need('lm_eval')
+    qs, dev = questions(8, seed=5), questions(4, seed=6)
+    task_dir = local_task(tmp_path, qs, dev)
+    out = nanolm_checkpoint(hf_model, tmp_path / 'out')
+    env = {'HF_DATASETS_OFFLINE': '1', 'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache')}
+    mine = tmp_path / 'mine.json'
+    run('eval.py', f'--out_dir={out}', f'--tasks={tmp_path / "nanolm_local.jsonl"}', '--dtype=float32', '--device=cpu',
+        f'--json={mine}', f'--lm_eval=nanolm_local', f'--lm_eval_args=include_path={task_dir}', env=env)
+    got = json.loads(mine.read_text())
+    want = got['tasks'][str(tmp_path / 'nanolm_local.jsonl')]
+    assert got['lm_eval']['nanolm_local']['acc'] == want['acc']
+    assert got['lm_eval']['nanolm_local']['acc_norm'] == want['acc_norm']
+    res = tmp_path / 'lm_eval_out'
+    run('harness.py', 'run', '--model', 'nanolm', '--model_args', f'out_dir={out},dtype=float32', '--tasks', 'nanolm_local',
+        '--include_path', task_dir, '--output_path', res, '--device', 'cpu', env=env)
+    files = list(res.rglob('results*.json'))
+    assert len(files) == 1
+    r = json.loads(files[0].read_text())['results']['nanolm_local']
+    assert (r['acc,none'], r['acc_norm,none']) == (want['acc'], want['acc_norm'])
