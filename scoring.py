@@ -341,12 +341,19 @@ def score_questions(model, tok, spec, questions, examples=None, block=None, batc
 # ----------------------------------------------------------------------------- during training
 
 
-def read_eval_tasks(eval_tasks, limit=0):
+def read_eval_tasks(eval_tasks, tok=None, limit=0):
     """train.py / finetune_sft.py's eval_tasks='a.jsonl,b.jsonl' -> {name (file stem): questions}, read
-    once at the start, so a bad file stops the run before it trains."""
+    once at the start, so a bad file stops the run before it trains (tok: every question is encoded
+    once too, so a character a char vocabulary lacks is found now, not at the first eval)."""
     tasks = {}
-    for path in [p for p in str(eval_tasks).split(',') if p.strip()]:
-        tasks[os.path.splitext(os.path.basename(path.strip()))[0]] = read_questions(path.strip(), limit)
+    for path in [p.strip() for p in str(eval_tasks).split(',') if p.strip()]:
+        questions = read_questions(path, limit)
+        for i, q in enumerate(questions if tok else ()):
+            try:
+                tok.encode(prompt(q) + ''.join(' ' + c for c in q['choices']))
+            except ValueError as e:
+                raise ValueError(f"eval_tasks: {path}, question {i + 1}: {e}") from None
+        tasks[os.path.splitext(os.path.basename(path))[0]] = questions
     return tasks
 
 
@@ -354,6 +361,8 @@ def task_accuracy(model, tok, spec, tasks, batch_size=8, device='cpu', autocast=
     """Zero-shot accuracy on each task -> {'acc_<name>': acc, 'acc_norm_<name>': acc_norm}: the fields
     the training scripts add to their eval row in log.jsonl (common.plot_log draws them). Puts the
     model in eval mode and back."""
+    if not tasks:
+        return {}
     was_training = model.training
     model.eval()
     out = {}

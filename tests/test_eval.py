@@ -356,3 +356,144 @@ def test_lm_eval_command_line_and_eval_py_lm_eval(hf_model, tmp_path):
     assert len(files) == 1
     r = json.loads(files[0].read_text())['results']['nanolm_local']
     assert (r['acc,none'], r['acc_norm,none']) == (want['acc'], want['acc_norm'])
+
+# ----------------------------------------------------------------------------- during training
+
+
+def learnable_questions(n=12, seed=0):
+    """Questions a tiny model trained on make_text() can learn: a subject, then the true rest of a
+    sentence against the same words in reverse order (all characters of make_text's vocabulary)."""
+    import random
+    rng = random.Random(seed)
+    lines = [l for l in make_text(200, seed=9).splitlines() if l]
+    out = []
+    for _ in range(n):
+        words = rng.choice(lines).split()
+        ctx, rest = ' '.join(words[:2]), words[2:]
+        right, wrong = ' '.join(rest), ' '.join(rest[::-1])
+        k = rng.randrange(2)
+        out.append({'context': ctx, 'choices': [right, wrong] if k == 0 else [wrong, right], 'answer': k})
+    return out
+
+
+def test_task_accuracy_in_process():
+    torch.manual_seed(0)
+    model = GPT(make_config(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=30))
+    tok = tokenizer.load({'kind': 'char', 'chars': 'abcdefghijklmnopqrstuvwxyz .\n'})
+    tasks = {'mine': learnable_questions(6)}
+    model.train()
+    accs = scoring.task_accuracy(model, tok, None, tasks, batch_size=4)
+    assert model.training  # back in training mode after
+    assert set(accs) == {'acc_mine', 'acc_norm_mine'} and all(0 <= v <= 1 for v in accs.values())
+    model.eval()
+    assert accs['acc_mine'] == scoring.score_questions(model, tok, None, tasks['mine'])['acc']
+    assert scoring.task_accuracy(model, tok, None, {}) == {}
+
+
+def test_eval_tasks_checked_before_training(tmp_path):
+    tok = tokenizer.load({'kind': 'char', 'chars': 'abc '})
+    p = write_jsonl(tmp_path / 'q.jsonl', [{'context': 'ab', 'choices': ['c', 'zz'], 'answer': 0}])
+    with pytest.raises(ValueError, match=r'q.jsonl, question 1: .*\'z\''):
+        scoring.read_eval_tasks(f'{p}', tok)
+    assert list(scoring.read_eval_tasks(f' {p} ,', None)) == ['q']
+
+
+@pytest.mark.slow
+def test_train_logs_task_accuracy_at_each_eval(char_data, tmp_path):
+    q = write_jsonl(tmp_path / 'sentences.jsonl', learnable_questions(16))
+    out = tmp_path / 'out'
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=40', '--eval_interval=20',
+            f'--eval_tasks={q}', '--sample_prompt=')
+    rows = [json.loads(l) for l in open(out / 'log.jsonl') if 'val_loss' in l]
+    assert [r['iter'] for r in rows] == [20, 40]
+    assert all(0 <= r['acc_sentences'] <= 1 and 0 <= r['acc_norm_sentences'] <= 1 for r in rows)
+    assert 'acc_sentences' in p.stdout
+    # the model after the run scores the same questions the same way through eval.py
+    j = tmp_path / 'r.json'
+    run('eval.py', f'--out_dir={out}', f'--tasks={q}', '--device=cpu', '--dtype=float32', f'--json={j}')
+    assert json.loads(j.read_text())['tasks'][str(q)]['acc'] == rows[-1]['acc_sentences']
+    bad = write_jsonl(tmp_path / 'bad.jsonl', [{'context': 'x', 'choices': ['a'], 'answer': 3}])
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path / "out2"}', f'--eval_tasks={bad}', check=False)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith('error:') and 'bad.jsonl:1' in p.stderr
+    assert not (tmp_path / 'out2').exists()
+
+
+@pytest.mark.slow
+def test_finetune_sft_logs_task_accuracy(sft_base, tmp_path):
+    base, chats = sft_base
+    q = write_jsonl(tmp_path / 'replies.jsonl', [{'context': 'what does the cat see?', 'choices': [' the cat sees', ' a dog'],
+                                                  'answer': 0}] * 3)
+    out = tmp_path / 'sft'
+    run('finetune_sft.py', '--batch_size=8', '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=2', '--log_interval=10',
+        '--peak_flops=1e12', '--val_fraction=0.1', f'--base_dir={base}', f'--data_file={chats}', f'--cache_dir={out}-cache',
+        f'--out_dir={out}', '--max_iters=10', '--eval_interval=10', f'--eval_tasks={q}')
+    rows = [json.loads(l) for l in open(out / 'log.jsonl') if 'val_loss' in l]
+    assert rows and all(r['acc_replies'] in (0.0, 1.0) for r in rows)
+
+# ----------------------------------------------------------------------------- the command and its refusals
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """A tiny char-level nanolm checkpoint (random weights) and a text and question file for it."""
+    d = tmp_path_factory.mktemp('evalrun')
+    chars = sorted(set(make_text(200)))
+    torch.manual_seed(0)
+    cfg = make_config(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=len(chars) + 1)
+    from dataclasses import asdict
+    torch.save({'model': GPT(cfg).state_dict(), 'model_config': asdict(cfg), 'tokenizer': {'kind': 'char', 'chars': ''.join(chars)},
+                'config': {}}, d / 'ckpt.pt')
+    (d / 'text.txt').write_text(make_text(20), encoding='utf-8')
+    write_jsonl(d / 'q.jsonl', learnable_questions(8))
+    return d
+
+
+@pytest.mark.slow
+def test_eval_py_table_and_json(tiny_run, tmp_path):
+    d = tiny_run
+    j = tmp_path / 'r.json'
+    p = run('eval.py', f'--out_dir={d}', f'--text={d / "text.txt"}', f'--tasks={d / "q.jsonl"}', '--shots=2', '--stride=8',
+            '--device=cpu', '--dtype=float32', '--batch_size=3', f'--json={j}')
+    r = json.loads(j.read_text())
+    t = r['text'][str(d / 'text.txt')]
+    text = (d / 'text.txt').read_text()
+    assert t['bytes'] == len(text.encode()) and t['tokens'] == len(text) + 1 and t['scored'] == len(text)  # char: a token a byte
+    assert t['bpb'] == pytest.approx(t['loss'] / math.log(2)) and t['ppl'] == pytest.approx(math.exp(t['loss']))
+    assert r['settings']['shots'] == 2 and r['settings']['window'] == 32 and r['settings']['step'] == 8
+    assert r['tasks'][str(d / 'q.jsonl')]['n'] == 8
+    assert 'bpb' in p.stdout and 'acc_norm' in p.stdout and str(d / 'ckpt.pt') in r['model']
+    # batch size does not change the numbers
+    j2 = tmp_path / 'r2.json'
+    run('eval.py', f'--out_dir={d}', f'--text={d / "text.txt"}', '--stride=8', '--device=cpu', '--dtype=float32',
+        '--batch_size=1', f'--json={j2}')
+    assert json.loads(j2.read_text())['text'][str(d / 'text.txt')]['loss'] == pytest.approx(t['loss'], rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('what, args, words', [
+    ('malformed line', ['--tasks={bad_json}'], 'bad_json.jsonl:2'),
+    ('answer out of range', ['--tasks={bad_answer}'], 'bad_answer.jsonl:1: answer 5 is out of range'),
+    ('no choices', ['--tasks={no_choices}'], 'no_choices.jsonl:1: no choices'),
+    ('empty question file', ['--tasks={empty}'], 'empty.jsonl is empty'),
+    ('empty text', ['--text={empty_txt}'], 'empty_txt.txt is empty'),
+    ('short text', ['--text={short}'], 'shorter than one window'),
+    ('no such file', ['--text={d}/nope.txt'], 'nope.txt not found'),
+    ('nothing asked', [], 'nothing to measure'),
+    ('too many shots', ['--tasks={q}', '--shots=50'], 'shots=50'),
+])
+def test_eval_py_refusals(tiny_run, tmp_path, what, args, words):
+    d = tiny_run
+    files = {'bad_json': '{"context": "a", "choices": ["b"], "answer": 0}\n{"context": oops}\n',
+             'bad_answer': '{"context": "a", "choices": ["b", "c"], "answer": 5}\n',
+             'no_choices': '{"context": "a", "choices": [], "answer": 0}\n', 'empty': '\n'}
+    paths = {k: tmp_path / f'{k}.jsonl' for k in files}
+    for k, v in files.items():
+        paths[k].write_text(v)
+    (tmp_path / 'empty_txt.txt').write_text('  \n')
+    (tmp_path / 'short.txt').write_text('the cat')
+    fmt = {**paths, 'empty_txt': tmp_path / 'empty_txt.txt', 'short': tmp_path / 'short.txt', 'd': d, 'q': d / 'q.jsonl'}
+    j = tmp_path / 'out.json'
+    p = run('eval.py', f'--out_dir={d}', '--device=cpu', f'--json={j}', *[a.format(**fmt) for a in args], check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith('error:') and words in lines[0], p.stderr
+    assert not j.exists()
