@@ -79,6 +79,9 @@ try:
 except (ValueError, OSError) as e:
     die(str(e))
 
+if lm_eval:
+    import harness  # needs lm-eval: one line saying so when it is missing, before the model loads
+
 env = common.init_run(device, dtype)
 device = env.device
 model, tok_spec, ck = load_model(out_dir, ckpt, init_from)
@@ -150,7 +153,6 @@ for path, questions in question_sets.items():
     results['tasks'][path] = r
 
 if lm_eval:
-    import harness  # needs lm-eval: one line saying so when it is missing
     results['lm_eval'] = harness.run_tasks(model, tok, tok_spec, lm_eval, lm_eval_args, window, batch_size, device, env.autocast)
 
 # ----------------------------------------------------------------------------- the table

@@ -469,7 +469,20 @@ def test_eval_py_table_and_json(tiny_run, tmp_path):
     assert json.loads(j2.read_text())['text'][str(d / 'text.txt')]['loss'] == pytest.approx(t['loss'], rel=1e-6)
 
 
-@pytest.mark.slow
+def eval_in_process(monkeypatch, capsys, *args):
+    """Run eval.py in this process (as python eval.py ARGS, without the seconds a fresh torch import
+    costs) -> (exit code, stderr)."""
+    import runpy
+    from conftest import ROOT
+    monkeypatch.setattr('sys.argv', ['eval.py', *map(str, args)])
+    try:
+        runpy.run_path(str(ROOT / 'eval.py'), run_name='__main__')
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize('what, args, words', [
     ('malformed line', ['--tasks={bad_json}'], 'bad_json.jsonl:2'),
     ('answer out of range', ['--tasks={bad_answer}'], 'bad_answer.jsonl:1: answer 5 is out of range'),
@@ -481,7 +494,7 @@ def test_eval_py_table_and_json(tiny_run, tmp_path):
     ('nothing asked', [], 'nothing to measure'),
     ('too many shots', ['--tasks={q}', '--shots=50'], 'shots=50'),
 ])
-def test_eval_py_refusals(tiny_run, tmp_path, what, args, words):
+def test_eval_py_refusals(tiny_run, tmp_path, monkeypatch, capsys, what, args, words):
     d = tiny_run
     files = {'bad_json': '{"context": "a", "choices": ["b"], "answer": 0}\n{"context": oops}\n',
              'bad_answer': '{"context": "a", "choices": ["b", "c"], "answer": 5}\n',
@@ -493,7 +506,27 @@ def test_eval_py_refusals(tiny_run, tmp_path, what, args, words):
     (tmp_path / 'short.txt').write_text('the cat')
     fmt = {**paths, 'empty_txt': tmp_path / 'empty_txt.txt', 'short': tmp_path / 'short.txt', 'd': d, 'q': d / 'q.jsonl'}
     j = tmp_path / 'out.json'
-    p = run('eval.py', f'--out_dir={d}', '--device=cpu', f'--json={j}', *[a.format(**fmt) for a in args], check=False)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith('error:') and words in lines[0], p.stderr
+    code, err = eval_in_process(monkeypatch, capsys, f'--out_dir={d}', '--device=cpu', f'--json={j}',
+                                *[a.format(**fmt) for a in args])
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith('error:') and words in lines[0], err
     assert not j.exists()
+
+
+@pytest.mark.slow
+def test_eval_py_refusal_as_a_process(tiny_run, tmp_path):
+    """The same, as a user meets it: one line on stderr, exit 1, no --json file."""
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('{"context": "a", "choices": ["b", "c"], "answer": 2}\n')
+    p = run('eval.py', f'--out_dir={tiny_run}', f'--tasks={bad}', f'--json={tmp_path / "r.json"}', check=False)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [f"error: {bad}:1: answer 2 is out of range for 2 choices (0 to 1)"]
+    assert not (tmp_path / 'r.json').exists()
+
+
+def test_lm_eval_missing_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, 'lm_eval', None)  # as on a machine without it: importing it fails
+    monkeypatch.delitem(sys.modules, 'harness', raising=False)
+    code, err = eval_in_process(monkeypatch, capsys, f'--out_dir={tiny_run}', '--device=cpu', '--lm_eval=hellaswag')
+    assert code == 1 and err.strip() == 'error: --lm_eval needs lm-evaluation-harness: pip install lm-eval ' \
+                                        '(or use --tasks=FILE.jsonl, which does not)'

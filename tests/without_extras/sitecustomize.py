@@ -4,7 +4,8 @@ them then fails to import, as it does on a machine without it; subprocesses inhe
 import importlib.abc
 import sys
 
-OPTIONAL = {'matplotlib', 'safetensors', 'transformers', 'tokenizers', 'huggingface_hub', 'wandb', 'swanlab'}
+OPTIONAL = {'matplotlib', 'safetensors', 'transformers', 'tokenizers', 'huggingface_hub', 'wandb', 'swanlab', 'lm_eval',
+            'accelerate'}
 
 
 class _Absent(importlib.abc.MetaPathFinder):
