@@ -34,7 +34,7 @@ class NanoLM(LM):
     model cuts context and continuation), loglikelihood_rolling (whole documents in disjoint windows,
     each token scored once after the prefix token, as lm-eval's HF model does), generate_until (greedy)."""
 
-    def __init__(self, out_dir='out', ckpt='ckpt.pt', init_from='', device='cpu', dtype='float32', batch_size=8,
+    def __init__(self, out_dir='out', ckpt='ckpt.pt', init_from='', device='auto', dtype='auto', batch_size=8,
                  block_size=0, model=None, tok=None, spec=None, autocast=None, max_batch_size=None, **unused):
         super().__init__()
         if model is None:  # from lm-eval's command line: load as sample.py does

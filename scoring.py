@@ -39,11 +39,14 @@ def read_text(path):
         raise ValueError(f"text file {path} not found")
     if path.endswith('.jsonl'):
         parts = []
-        for where, rec in common.read_jsonl(path):
-            if not isinstance(rec.get('text'), str):
-                raise ValueError(f"{where}: no 'text' string in this record (keys: {', '.join(rec)[:80]}); "
-                                 f"a .jsonl text file needs {{\"text\": ...}} on each line")
-            parts.append(rec['text'])
+        try:
+            for where, rec in common.read_jsonl(path):
+                if not isinstance(rec.get('text'), str):
+                    raise ValueError(f"{where}: no 'text' string in this record (keys: {', '.join(rec)[:80]}); "
+                                     f"a .jsonl text file needs {{\"text\": ...}} on each line")
+                parts.append(rec['text'])
+        except UnicodeDecodeError as e:
+            raise ValueError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from None
         text = '\n\n'.join(parts)
     else:
         try:
@@ -221,13 +224,16 @@ def read_questions(path, limit=0):
     if not os.path.isfile(path):
         raise ValueError(f"question file {path} not found")
     out = []
-    for where, rec in common.read_jsonl(path):
-        try:
-            out.append(to_question(rec))
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        if limit and len(out) == limit:
-            break
+    try:
+        for where, rec in common.read_jsonl(path):
+            try:
+                out.append(to_question(rec))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if limit and len(out) == limit:
+                break
+    except UnicodeDecodeError as e:
+        raise ValueError(f"question file {path} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from None
     if not out:
         raise ValueError(f"question file {path} is empty: no questions in it")
     return out

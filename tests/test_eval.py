@@ -493,6 +493,8 @@ def eval_in_process(monkeypatch, capsys, *args):
     ('no such file', ['--text={d}/nope.txt'], 'nope.txt not found'),
     ('nothing asked', [], 'nothing to measure'),
     ('too many shots', ['--tasks={q}', '--shots=50'], 'shots=50'),
+    ('not UTF-8', ['--tasks={latin1}'], 'latin1.jsonl is not UTF-8'),
+    ('jsonl without text', ['--text={no_text}'], 'no_text.jsonl:1: no \'text\''),
 ])
 def test_eval_py_refusals(tiny_run, tmp_path, monkeypatch, capsys, what, args, words):
     d = tiny_run
@@ -503,8 +505,11 @@ def test_eval_py_refusals(tiny_run, tmp_path, monkeypatch, capsys, what, args, w
     for k, v in files.items():
         paths[k].write_text(v)
     (tmp_path / 'empty_txt.txt').write_text('  \n')
+    (tmp_path / 'latin1.jsonl').write_bytes('{"context": "café", "choices": ["a"], "answer": 0}\n'.encode('latin-1'))
+    (tmp_path / 'no_text.jsonl').write_text('{"body": "x"}\n')
     (tmp_path / 'short.txt').write_text('the cat')
-    fmt = {**paths, 'empty_txt': tmp_path / 'empty_txt.txt', 'short': tmp_path / 'short.txt', 'd': d, 'q': d / 'q.jsonl'}
+    fmt = {**paths, 'empty_txt': tmp_path / 'empty_txt.txt', 'latin1': tmp_path / 'latin1.jsonl',
+           'no_text': tmp_path / 'no_text.jsonl', 'short': tmp_path / 'short.txt', 'd': d, 'q': d / 'q.jsonl'}
     j = tmp_path / 'out.json'
     code, err = eval_in_process(monkeypatch, capsys, f'--out_dir={d}', '--device=cpu', f'--json={j}',
                                 *[a.format(**fmt) for a in args])
