@@ -535,3 +535,18 @@ def test_lm_eval_missing_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     code, err = eval_in_process(monkeypatch, capsys, f'--out_dir={tiny_run}', '--device=cpu', '--lm_eval=hellaswag')
     assert code == 1 and err.strip() == 'error: --lm_eval needs lm-evaluation-harness: pip install lm-eval ' \
                                         '(or use --tasks=FILE.jsonl, which does not)'
+
+
+def test_plot_log_draws_task_accuracy(tmp_path, monkeypatch):
+    need('matplotlib')
+    import common
+    rows = [{'iter': i, 'loss': 3 - i / 10} for i in range(1, 11)]
+    rows += [{'iter': i, 'train_loss': 3 - i / 10, 'val_loss': 3.1 - i / 10, 'acc_sentences': i / 10, 'acc_norm_sentences': i / 12}
+             for i in (5, 10)]
+    write_jsonl(tmp_path / 'log.jsonl', rows)
+    labels = []
+    import matplotlib.axes
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, 'plot', lambda self, *a, **kw: labels.append(kw.get('label')) or real(self, *a, **kw))
+    assert 'loss.png' in common.plot_log(str(tmp_path))
+    assert (tmp_path / 'loss.png').stat().st_size > 0 and 'sentences acc' in labels
