@@ -530,7 +530,8 @@ def test_eval_py_refusal_as_a_process(tiny_run, tmp_path):
 
 def test_lm_eval_missing_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     import sys
-    monkeypatch.setitem(sys.modules, 'lm_eval', None)  # as on a machine without it: importing it fails
+    for name in [m for m in sys.modules if m.split('.')[0] == 'lm_eval'] + ['lm_eval']:
+        monkeypatch.setitem(sys.modules, name, None)  # as on a machine without it: importing it (or a part) fails
     monkeypatch.delitem(sys.modules, 'harness', raising=False)
     code, err = eval_in_process(monkeypatch, capsys, f'--out_dir={tiny_run}', '--device=cpu', '--lm_eval=hellaswag')
     assert code == 1 and err.strip() == 'error: --lm_eval needs lm-evaluation-harness: pip install lm-eval ' \
