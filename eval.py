@@ -34,8 +34,7 @@ ckpt = 'ckpt.pt'          # ckpt.pt (latest) or best.pt (lowest val loss)
 text = ''                 # text files to score (.txt, or .jsonl with a "text" field), comma-separated
 stride = 0                # text: a window starts every `stride` tokens; 0 = half the window
 block_size = 0            # text and questions: the window, in tokens; 0 = the model's context
-bos = True                # text: start it with the prefix token (BOS, else end-of-text) so its first token is scored too;
-                          # False = as HF's perplexity guide: the first token is context only
+bos = True                # text: begin with the prefix token (BOS, else end-of-text), its first token scored too; False = as HF's guide (not scored)
 tasks = ''                # question files (.jsonl), comma-separated
 dev = ''                  # --shots: the examples come from this .jsonl ('' = the question file, without the question asked)
 shots = 0                 # examples shown before each question
