@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import chat_data
+import scoring
 import tokenizer
 from checkpoint import clear_run, load_model, restore_run, resume_notes, save_run, start_run
 from model import GPT, ModelConfig, add_lora, grow_vocab
@@ -72,6 +73,7 @@ skip_nonfinite = False    # skip (and count) steps whose loss is NaN/inf instead
 # eval, logging, checkpoints
 eval_interval = 100       # also at iter 0: the base model's loss on the replies
 eval_iters = 20           # batches per split per eval (val: its first examples, in file order)
+eval_tasks = ''           # question files (.jsonl, as eval.py --tasks), comma-separated: zero-shot accuracy at each eval, logged
 log_interval = 10
 keep_last_n = 1
 sample_prompt = ''        # a user message answered at the end ('' = no sample)
@@ -169,6 +171,7 @@ else:
         say(f"added {', '.join(f'{s} = {i}' for s, i in extra.items())} to the tokenizer of {base_model}; the embedding "
             f"and output rows grow to {mcfg.vocab_size:,}, the new ones starting as the mean of the old")
 tok = tokenizer.load(tok_spec)
+tasks = scoring.read_eval_tasks(eval_tasks, tok)  # {name: questions}, read now: a bad file stops the run before it trains
 if tok.n_vocab > mcfg.vocab_size:
     die(f"the tokenizer has {tok.n_vocab:,} tokens but the model only {mcfg.vocab_size:,} rows")
 im_start, im_end = chat_data.chat_ids(tok)
@@ -274,8 +277,10 @@ def checkpoint(is_best=False):
 def eval_and_checkpoint():
     global best_val, last_eval
     losses = estimate_loss()
-    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} (reply tokens only)")
-    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+    accs = scoring.task_accuracy(raw_model, tok, tok_spec, tasks, batch_size, device, env.autocast)  # {} without eval_tasks
+    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} (reply tokens only)"
+        + ''.join(f", {k} {v:.3f}" for k, v in accs.items() if k.startswith('acc_') and not k.startswith('acc_norm_')))
+    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **accs)
     last_eval, is_best, best_val = iter_num, losses['val'] < best_val, min(best_val, losses['val'])
     checkpoint(is_best)
 

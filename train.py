@@ -29,6 +29,7 @@ from configurator import configure
 import numpy as np
 import torch
 
+import scoring
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from dataset import KNOWN, load_meta, open_splits, prepare_known
@@ -85,6 +86,7 @@ ema_decay = 0.0           # > 0 (e.g. 0.98): eval, best.pt and sampling use a mo
 eval_interval = 250
 eval_iters = 20           # batches per split per eval
 eval_full_val = False     # val loss on the whole val split (windows of block_size, every token once), not eval_iters batches
+eval_tasks = ''           # question files (.jsonl, as eval.py --tasks), comma-separated: zero-shot accuracy at each eval, logged
 log_interval = 10
 keep_last_n = 1           # keep this many latest checkpoints (ckpt.pt plus ckpt_<iter>.pt); best.pt always
 sample_prompt = '\n'      # text for the short sample printed at the end ('' = no sample)
@@ -164,6 +166,7 @@ if not os.path.exists(os.path.join(ds_dir, 'meta.json')):
         torch.distributed.barrier()
 tok, meta = load_meta(ds_dir)
 tok_spec = tokenizer.portable_spec(meta, ds_dir)  # the tokenizer, whole: it goes into every checkpoint
+tasks = scoring.read_eval_tasks(eval_tasks, tok)  # {name: questions}, read now: a bad file stops the run before it trains
 data = open_splits(ds_dir, meta, block_size)  # {'train': np.memmap of token ids, 'val': ...}
 
 
@@ -299,8 +302,10 @@ def eval_and_checkpoint():
     global best_val, last_eval
     with averaged():  # score the average (if any); training goes on with the weights
         losses = estimate_loss()
-    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
+        accs = scoring.task_accuracy(raw_model, tok, tok_spec, tasks, batch_size, device, env.autocast)  # {} without eval_tasks
+    say(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        + ''.join(f", {k} {v:.3f}" for k, v in accs.items() if k.startswith('acc_') and not k.startswith('acc_norm_')))
+    log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], **accs)
     last_eval, is_best, best_val = iter_num, losses['val'] < best_val, min(best_val, losses['val'])
     checkpoint(is_best)
 

@@ -383,6 +383,12 @@ def plot_log(out_dir):
         for key, style, color in (('train_acc', 's:', 'tab:green'), ('val_acc', 's--', 'tab:red')):
             ax.plot([r['iter'] for r in accs], [r[key] for r in accs], style, color=color, label=key.replace('_acc', ' accuracy'))
         ax.set_ylabel('accuracy'), ax.set_ylim(0, 1.02), ax.legend(loc='center right')
+    tasks = sorted({k for r in evals for k in r if k.startswith('acc_') and not k.startswith('acc_norm_')})
+    if tasks:  # eval_tasks= (scoring.task_accuracy): each task's accuracy on a second axis
+        ax = plt.gca().twinx()
+        for k in tasks:
+            ax.plot([r['iter'] for r in evals if k in r], [r[k] for r in evals if k in r], 's--', label=k[4:] + ' acc')
+        ax.set_ylabel('accuracy'), ax.set_ylim(0, 1.02), ax.legend(loc='center right')
     plt.savefig(os.path.join(out_dir, 'loss.png'), dpi=100, bbox_inches='tight')
     plt.close()
     return f"loss history: {log_path}, plot: {out_dir}/loss.png"

@@ -5,7 +5,8 @@ import importlib.abc
 import sys
 
 OPTIONAL = {'matplotlib', 'safetensors', 'transformers', 'tokenizers', 'huggingface_hub', 'wandb', 'swanlab', 'gguf',
-            'sentencepiece', 'fastapi', 'starlette', 'uvicorn', 'httpx', 'openai', 'selenium', 'playwright'}
+            'sentencepiece', 'fastapi', 'starlette', 'uvicorn', 'httpx', 'openai', 'selenium', 'playwright', 'lm_eval',
+            'accelerate'}
 
 
 class _Absent(importlib.abc.MetaPathFinder):
