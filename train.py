@@ -17,6 +17,7 @@ script needs around its loop (DDP, signals, checkpoints, the log) is in common.p
 checkpoint.py; the loop itself is written out here.
 """
 import json
+import math
 import os
 import shlex
 import sys
@@ -94,10 +95,12 @@ device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1
 dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
                           # autocast if it has AVX512-BF16/AMX and a probe finds it faster, else float32; float32 on MPS
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
+compile_mode = 'default'  # torch.compile's mode; 'reduce-overhead' replays each step's kernels as CUDA graphs (small models on a GPU)
 gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
 peak_flops = 0.0          # for MFU; 0 = a known GPU's spec sheet, or a measured matmul on CPU/MPS
+profile = 0               # > 0: run torch.profiler over this many steps (after 10 of warm-up) and write out_dir/profile.txt
 config = configure(globals())
 # ----------------------------------------------------------------------------- setup
 
@@ -124,6 +127,8 @@ if not 0 <= ema_decay < 1:
     die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
 if fsdp and ema_decay:
     die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
+if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+    die(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'")
 if fsdp and muon:
     die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
 
@@ -215,7 +220,7 @@ if compile is None:  # auto
     if not compile:
         say(f"compile: off (auto turns torch.compile on for CUDA on Linux only: on {env.device_type} it is slow to start "
             f"and not known to pay off; --compile=True to try it)")
-model = common.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled if asked
+model = common.wrap_model(raw_model, env, compile, fsdp, compile_mode)  # DDP or FSDP under torchrun, compiled if asked
 if muon:  # after FSDP: on the shards
     from optim import muon_adamw
     optimizer = muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2))
@@ -240,6 +245,7 @@ if ema_decay:
     if ckpt is not None and saved is None:
         say("note: the checkpoint has no weight average (ema_decay was 0); it starts from the current weights")
     ema = [(saved[name].to(device) if saved else p.detach()).clone() for name, p in raw_model.named_parameters()]
+    live = [p.detach() for p in raw_model.parameters()]  # (the same order as ema)
 del ckpt
 
 
@@ -305,7 +311,29 @@ def estimate_loss():
     return out
 
 
+def report(it, loss, lr, dt):
+    """A step's row in log.jsonl and, every log_interval, its line. loss: a number, or a 0-dim tensor still
+    on the GPU (read here, one step late: see the loop); a non-finite one stops the run."""
+    loss_value = loss.item() if torch.is_tensor(loss) else loss
+    if torch.is_tensor(loss) and not math.isfinite(loss_value):
+        common.stop_nonfinite(loss_value, (it, learning_rate, out_dir))
+    log(iter=it, loss=loss_value, lr=lr, dt=round(dt, 6))  # dt: this step's seconds (bench.py reads it)
+    if it % log_interval == 0:
+        mfu = raw_model.estimate_mfu(tokens_per_iter / env.world, dt, peak_flops)  # per process: peak_flops is one device's
+        say(f"iter {it}: loss {loss_value:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | {tokens_per_iter / dt:,.0f} tok/s | "
+            f"mfu {mfu * 100:.1f}% | eta {(max_iters - it - 1) * dt / 60:.1f} min")
+
+
+def flush_report():
+    """Report the step whose loss is still unread (if any): before an eval, a checkpoint, the end."""
+    global pending
+    if pending:
+        report(*pending)
+        pending = None
+
+
 def checkpoint(is_best=False):
+    flush_report()
     save_run(env, out_dir, raw_model, optimizer, scaler, sampler, keep_last_n, is_best, model_config=asdict(mcfg),
              config=config, tokenizer=tok_spec, base_model=base_model, iter_num=iter_num, best_val=best_val, skipped=skipped,
              last_eval=last_eval, dtype=env.dtype, **({'ema': ema_state()} if ema else {}))
@@ -313,6 +341,7 @@ def checkpoint(is_best=False):
 
 def eval_and_checkpoint():
     global best_val, last_eval
+    flush_report()
     if ema:
         swap_ema()  # score the average ...
     losses = estimate_loss()
@@ -339,6 +368,13 @@ say(f"model: {arch}, {n_all / 1e6:.2f}M parameters ({n_matmul / 1e6:.2f}M withou
 if iter_num >= max_iters and last_eval == iter_num:
     say(f"the run in {out_dir}/ is already at iter {iter_num} >= max_iters={max_iters}; pass a larger --max_iters to train on")
 model.train()
+# On a GPU, reading the loss (.item()) waits for the whole step to finish, and the GPU then idles while
+# the CPU queues the optimizer, the moving average, the next batch and the next forward. So there, unless
+# a non-finite loss must skip its own step (skip_nonfinite), each step's loss is read one step late,
+# while the GPU runs the next: a NaN still stops the run, a step later, the last checkpoint untouched.
+read_late = env.device_type == 'cuda' and not skip_nonfinite
+pending = None  # (iter, loss tensor, lr, dt) of the step whose loss is not read yet
+prof = None  # profile > 0: the profiler while it runs
 start_iter = iter_num
 t_start = t0 = time.perf_counter()
 while iter_num < max_iters:
@@ -348,6 +384,10 @@ while iter_num < max_iters:
     if iter_num % eval_interval == 0 and iter_num > 0 and iter_num != last_eval:  # (a resumed run may have done this one)
         eval_and_checkpoint()
         t0 = time.perf_counter()  # don't count eval and saving in this step's time
+    if profile and env.master and iter_num == start_iter + 10:  # where the time goes: after compile and warm-up
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if env.device_type == 'cuda' else []))
+        prof.start()
 
     # The global batch of this step, accum micro-steps x world processes x batch_size windows, is
     # drawn the same on every process; each takes its own column. So 2 processes x batch B see
@@ -366,24 +406,27 @@ while iter_num < max_iters:
         loss_sum += loss.detach() / accum
     if env.ddp:
         torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
-    loss_value = loss_sum.item()  # one sync per step; it also makes dt honest on GPU
+    loss_value = None if read_late else loss_sum.item()  # a sync: the CPU waits for the step
     # clip, step, zero the gradients; a NaN/inf loss stops the run, or skips the step (skip_nonfinite)
     if common.optimizer_step(loss_value, model, optimizer, scaler, grad_clip, skip_nonfinite, (iter_num, learning_rate, out_dir)):
         skipped += 1
         say(f"iter {iter_num}: loss {loss_value}, step skipped ({skipped} so far)")
-    if ema:  # the average moves (1 - d) of the way to the new weights
-        d = min(ema_decay, (1 + iter_num) / (10 + iter_num))
-        for e, p in zip(ema, raw_model.parameters()):
-            e.lerp_(p.detach(), 1 - d)
+    if ema:  # the average moves (1 - d) of the way to the new weights (all tensors in one launch)
+        torch._foreach_lerp_(ema, live, 1 - min(ema_decay, (1 + iter_num) / (10 + iter_num)))
 
     t1 = time.perf_counter()
     dt, t0 = t1 - t0, t1
-    log(iter=iter_num, loss=loss_value, lr=lr, dt=round(dt, 6))  # dt: this step's seconds (bench.py reads it)
-    if iter_num % log_interval == 0:
-        mfu = raw_model.estimate_mfu(tokens_per_iter / env.world, dt, peak_flops)  # per process: peak_flops is one device's
-        say(f"iter {iter_num}: loss {loss_value:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | {tokens_per_iter / dt:,.0f} tok/s | "
-            f"mfu {mfu * 100:.1f}% | eta {(max_iters - iter_num - 1) * dt / 60:.1f} min")
+    if read_late:
+        flush_report()  # the previous step's loss: done by now, or nearly
+        pending = (iter_num, loss_sum, lr, dt)
+    else:
+        report(iter_num, loss_value, lr, dt)
     iter_num += 1
+    if prof and iter_num == start_iter + 10 + profile:
+        prof.stop()
+        common.write_profile(prof, os.path.join(out_dir, 'profile.txt'), profile)
+        say(f"profile of {profile} steps: {out_dir}/profile.txt")
+        prof = None
 
     stop = common.should_stop(env)  # every process stops at the same step
     if stop:
