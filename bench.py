@@ -10,6 +10,7 @@ No assertions: benchmarks report, tests check.
     python bench.py log out-shakespeare-char --target_loss=1.886,1.6
     python bench.py prepare ../shared/data/tinyshakespeare.txt --tokenizer=gpt2
     python bench.py serve --clients=1,4,8 --new_tokens=64                       # or --out_dir=out-sft-poems
+    python bench.py poems --out_dir=out-sft-poems --data_file=tang-poems-chat.jsonl
 
 train    runs train.py itself in a temporary out_dir (arguments after `train` go to it unchanged,
          with --eval_full_val=True unless given) and reads its log.jsonl: median ms/iter and
@@ -19,7 +20,8 @@ train    runs train.py itself in a temporary out_dir (arguments after `train` go
          --compile and --gradient_checkpointing take comma lists: one run per combination;
          --repeat=N runs the whole list N times in turn (A B A B), so machine load hits all alike.
 step     one training step in-process at a model shape, no data or checkpoints (default: GPT-2
-         small, 12 layers, 768 wide, block 1024, batch 1): ms/iter, tokens/s, MFU, and memory:
+         small, 12 layers, 768 wide, block 1024, batch 1; --bias=False as nanoGPT's bench.py):
+         ms/iter, tokens/s, MFU (--profile=PREFIX: torch.profiler's tables in PREFIX-*.txt), and memory:
          peak RSS on a CPU (CUDA max allocated on a GPU) and the step's own memory above the
          weights and optimizer state. Each combination runs in a fresh process.
 sample   generation tokens/s with and without the KV cache for each --prompt_tokens (comma list),
@@ -33,6 +35,11 @@ serve    serve.py in a child process and 1, 4, 8 (--clients) concurrent streamin
 prepare  prepare.py's encode rate (MB/s, tokens/s, peak RSS) on the files given, with 1 and 2
          workers, and BPE training time (--bpe_vocab=4096,16384) beside Hugging Face
          `tokenizers` when that is installed.
+poems    the share of replies that are verse (every line 5- or 7-character clauses, at least two
+         lines, ended by <|im_end|>): to the records finetune_sft.py held out (its data_file,
+         val_fraction and seed, read from the checkpoint; --data_file= if it moved), or to the
+         titles of --titles=FILE (one a line), one sample each as sample.py --chat draws it
+         (--temperature=0.8 --top_k=200 --seed=1337); --replies=FILE writes them as JSON lines.
 
 --json=FILE (any mode) also writes the rows as JSON, with the machine they were measured on.
 Under a machine's load compare numbers only within one bench.py call.
@@ -212,7 +219,8 @@ def _step_child(spec):
     dev, dtype = spec['device'], spec.get('dtype', 'float32')
     kind = dev.split(':')[0]
     torch.manual_seed(0)
-    cfg = make_config(spec['arch'], **{k: spec[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')})
+    cfg = make_config(spec['arch'], **{k: spec[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
+                      bias={'True': True, 'False': False}.get(spec.get('bias')))  # None: the arch's own
     model = GPT(cfg).to(dev)
     model.gradient_checkpointing = spec.get('gradient_checkpointing', 'False') == 'True'
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95))
@@ -256,6 +264,12 @@ def _step_child(spec):
         step()
         peak = _memory_now()[1]
         step_bytes = peak - base if libc is not None else 0
+    if spec.get('profile'):  # where the time goes, over 3 more steps: torch.profiler's tables into that file
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if kind == 'cuda' else [])) as prof:
+            for _ in range(3):
+                step()
+        training.write_profile(prof, spec['profile'], 3)
     grads = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({'ms': statistics.median(times) * 1000, 'first': first, 'step MB': step_bytes / 2**20,
                       'grads MB': grads / 2**20, 'peak MB': peak / 2**20, 'flops': model.flops_per_token()}))
@@ -263,16 +277,18 @@ def _step_child(spec):
 
 def bench_step(args):
     spec = {k: take(args, k, v, type(v)) for k, v in STEP_SHAPE.items()}
-    spec.update(device=take(args, 'device', 'cpu'), steps=take(args, 'steps', 3, int))
+    spec.update(device=take(args, 'device', 'cpu'), steps=take(args, 'steps', 3, int), bias=take(args, 'bias', ''))
+    profile = take(args, 'profile', '')  # a file name prefix: torch.profiler's tables, one file per combination
     repeat = take(args, 'repeat', 1, int)
     combos = grid(args, ('dtype', 'compile', 'gradient_checkpointing'))
     if args:
-        die(f"bench.py step: unknown {' '.join(args)}; it takes --{' --'.join([*STEP_SHAPE, 'device', 'steps', 'repeat'])}, "
+        die(f"bench.py step: unknown {' '.join(args)}; it takes --{' --'.join([*STEP_SHAPE, 'bias', 'device', 'steps', 'repeat', 'profile'])}, "
             f"and comma lists for --dtype, --compile, --gradient_checkpointing")
     peaks, rows = peak_flops(spec['device']), []
     tokens = spec['batch_size'] * spec['block_size']
     for rnd, combo in itertools.product(range(repeat), combos):
-        code, out, err, rss = run_child([sys.executable, os.path.abspath(__file__), '_step', json.dumps({**spec, **combo})])
+        prof = {'profile': os.path.abspath(f"{profile}{''.join(f'-{k}={v}' for k, v in combo.items())}.txt")} if profile else {}
+        code, out, err, rss = run_child([sys.executable, os.path.abspath(__file__), '_step', json.dumps({**spec, **combo, **prof})])
         if code:
             die(f"bench.py step {combo} failed: {err.strip().splitlines()[-1] if err.strip() else code}")
         r = json.loads(out.strip().splitlines()[-1])
@@ -409,6 +425,95 @@ def bench_serve(args):
         err.close()
         tmp.cleanup()
     return rows
+# A reply is verse when every line is made of clauses of one length, 5 or 7 characters, each closed
+# by one of these marks (a Tang poem's shape: "床前明月光，疑是地上霜。"), over at least two lines.
+CLAUSE = re.compile(r'[^，。？！；]+[，。？！；]')
+POEM_REQUEST = '请以《{}》为题，写一首诗。'  # the user turn of the poems chat records (README: poems)
+
+
+def verse_kind(text):
+    """5 or 7 if text is verse of 5- or 7-character clauses (see CLAUSE), else 0."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    sizes = set()
+    for line in lines:
+        clauses = CLAUSE.findall(line)
+        if ''.join(clauses) != line:  # something that is not a closed clause
+            return 0
+        sizes |= {len(c) - 1 for c in clauses}
+    return sizes.pop() if len(lines) >= 2 and len(sizes) == 1 and sizes <= {5, 7} else 0
+
+
+def bench_poems(args):
+    """The share of replies to poem requests that are verse ended by <|im_end|>. The requests: the
+    records finetune_sft.py held out for its val loss (the checkpoint's data_file, val_fraction and
+    seed, so the same split), or --titles=FILE (one title a line) asked as POEM_REQUEST with the
+    fine-tune's system prompt. One reply each, sampled as sample.py --chat does."""
+    import random
+    import torch
+    import chat_data
+    import tokenizer
+    from checkpoint import load_model
+    out_dir, titles = take(args, 'out_dir', 'out-sft-poems'), take(args, 'titles', '')
+    ckpt_name, limit = take(args, 'ckpt', 'ckpt.pt'), take(args, 'limit', 0, int)
+    temperature, top_k, seed = take(args, 'temperature', 0.8, float), take(args, 'top_k', 200, int), take(args, 'seed', 1337, int)
+    max_new, replies_path = take(args, 'max_new_tokens', 200, int), take(args, 'replies', '')
+    if not os.path.isfile(os.path.join(out_dir, ckpt_name)):
+        die(f"{out_dir}/{ckpt_name} not found: fine-tune first (python finetune_sft.py config/sft_poems.py ...) or pass --out_dir=")
+    model, spec, ck = load_model(out_dir, ckpt_name)
+    cfg = ck.get('config') or {}
+    data_file = take(args, 'data_file', cfg.get('data_file', ''))
+    if args:
+        die(f"bench.py poems: unknown {' '.join(args)}; it takes --out_dir --titles --data_file --ckpt --limit "
+            f"--temperature --top_k --seed --max_new_tokens --replies")
+    tok = tokenizer.load(spec)
+    try:
+        _, im_end = chat_data.chat_ids(tok)
+    except ValueError as e:
+        die(f"{out_dir}/{ckpt_name} cannot chat: {e}; fine-tune it first (python finetune_sft.py ...)")
+    system = cfg.get('sample_system') or ''
+    if titles:
+        if not os.path.isfile(titles):
+            die(f"titles file {titles} not found (one title a line)")
+        with open(titles, encoding='utf-8') as f:
+            names = [line.strip() for line in f if line.strip()]
+        requests = [([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': POEM_REQUEST.format(t)}]
+                    for t in names]
+    else:  # the held-out records: the split chat.build_cache made, record by record in file order
+        if not data_file or not os.path.isfile(data_file):
+            die(f"the fine-tune's data file {data_file!r} is not here; pass --data_file=tang-poems-chat.jsonl or --titles=FILE")
+        rng, requests = random.Random(cfg.get('seed', 1337)), []
+        for _, messages in chat_data.read_examples(data_file):
+            if rng.random() < cfg.get('val_fraction', 0.05):
+                last = max(i for i, m in enumerate(messages) if m['role'] == 'assistant')
+                requests.append(messages[:last])  # the conversation up to the reply to be written
+    requests = requests[:limit] if limit else requests
+    if not requests:
+        die("no requests: the titles file is empty, or no record was held out")
+    block, gen, counts, rows = model.cfg.block_size, torch.Generator().manual_seed(seed), {0: 0, 5: 0, 7: 0}, []
+    ended = 0
+    t0 = time.time()
+    for messages in requests:
+        ids = chat_data.prompt_ids(tok, messages)[-(block - 1):]  # (a prompt longer than the context keeps its end)
+        new, stopped = [], False
+        with torch.no_grad():
+            for t in model.stream(torch.tensor([ids]), min(max_new, block - len(ids)), temperature=temperature,
+                                  top_k=top_k or None, stop_tokens={im_end, tok.eot}, generator=gen):
+                if t.item() in (im_end, tok.eot):
+                    stopped = t.item() == im_end
+                    break
+                new.append(t.item())
+        reply = tok.decode(new)
+        kind = verse_kind(reply) if stopped else 0
+        counts[kind] += 1
+        ended += stopped
+        rows.append({'request': messages[-1]['content'], 'reply': reply, 'ended': stopped, 'verse': kind})
+    if replies_path:
+        with cli.atomic_write(replies_path) as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in rows)
+    n = len(requests)
+    return [{'mode': 'poems', 'requests': n, 'source': titles or f'{data_file} (held out)', 'ended by <|im_end|>': ended,
+             'verse': counts[5] + counts[7], 'verse %': round(100 * (counts[5] + counts[7]) / n, 1),
+             '5-char': counts[5], '7-char': counts[7], 'seconds': round(time.time() - t0, 1)}]
 
 
 def _peak_rss_mb():
@@ -526,7 +631,7 @@ if __name__ == '__main__':
         _step_child(json.loads(argv[1]))
         sys.exit(0)
     modes = {'train': bench_train, 'step': bench_step, 'sample': bench_sample, 'log': bench_log, 'prepare': prepare_mode,
-             'serve': bench_serve}
+             'serve': bench_serve, 'poems': bench_poems}
     if not argv or argv[0] not in modes:
         print(__doc__.strip())
         sys.exit(0 if argv[:1] in (['-h'], ['--help']) else 2)

@@ -351,16 +351,12 @@ class GPT(nn.Module):
     def chunked_loss(self, x, targets):
         """The same mean cross-entropy, with the (B, T, V) logits never whole: at GPT-2's vocabulary they
         are the largest activation there is (1024 x 50304 floats = 206 MB a sequence, and their softmax
-        and its gradient as much again). Each chunk of positions computes its logits and loss, keeps
-        neither, and does it again in backward. No logits are returned."""
+        and its gradient as much again). See ChunkedLoss below. No logits are returned."""
         h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (B*T, C), (B*T,)
         n = max(1, LOSS_CHUNK // self.lm_head.out_features)  # positions a chunk: ~LOSS_CHUNK logits
-        total = sum(torch.utils.checkpoint.checkpoint(self._loss_sum, h[i:i + n], t[i:i + n], use_reentrant=False)
-                    for i in range(0, len(t), n))
-        return total / (t != -100).sum()  # the mean over counted positions, as F.cross_entropy's
-
-    def _loss_sum(self, h, t):
-        return F.cross_entropy(self.lm_head(h).float(), t, ignore_index=-100, reduction='sum')
+        kind = h.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+        return ChunkedLoss.apply(h, self.lm_head.weight, t, n, dtype)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, never_decay=()):
         """AdamW with weight decay on matrices (embeddings, Linear weights) only: decaying
@@ -461,6 +457,44 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float('-inf'))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+class ChunkedLoss(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ w.T (h (N, C) hidden states, w (V, C) the output layer,
+    t (N,) targets, -100 = not counted), n positions at a time, with its gradients computed in the
+    forward pass while each chunk's logits are at hand: d(loss)/d(logits) = softmax - one-hot. So the
+    logits are never kept, nor recomputed in backward (recomputing them, as checkpointing each chunk
+    would, costs the output layer's matmul again: a third of GPT-2 small's forward). The matmuls run in
+    `dtype` (autocast's, or h's own); the gradients add up in float32. Backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, h, w, t, n, dtype):
+        with torch.autocast(h.device.type, enabled=False):
+            wc = w.to(dtype)                                   # (V, C), cast once for every chunk
+            grad_h = torch.empty_like(h)                       # (N, C)
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            for i in range(0, len(t), n):
+                hc, tc = h[i:i + n].to(dtype), t[i:i + n]      # (n, C), (n,)
+                logits = (hc @ wc.T).float()                   # (n, V)
+                total += F.cross_entropy(logits, tc, ignore_index=-100, reduction='sum')
+                g = logits.softmax(-1)                         # d(sum of losses)/d(logits): softmax - one-hot,
+                counted = tc != -100                           # and 0 on positions that do not count
+                g[torch.arange(len(tc), device=g.device), tc.clamp(min=0)] -= 1
+                g = (g * counted[:, None]).to(dtype)           # (n, V)
+                grad_h[i:i + n] = g @ wc                       # (n, C)
+                if grad_w is not None:
+                    grad_w += (g.T @ hc).float()               # (V, C)
+        count = (t != -100).sum()
+        ctx.w_dtype = w.dtype
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0), count)
+        return total / count  # the mean over counted positions, as F.cross_entropy's
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        return grad_h * scale, (grad_w * scale).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None, None, None, None
 
 
 # ----------------------------------------------------------------------------- fine-tuning: LoRA, new tokens

@@ -34,7 +34,7 @@ def orthogonalize(g, steps=5):
         x = x.mT  # iterate on the wide orientation: s below is then the smaller square
     for _ in range(steps):
         s = x @ x.mT  # (k, m, m)
-        x = a * x + (b * s + c * s @ s) @ x
+        x = torch.baddbmm(x, torch.baddbmm(s, s, s, beta=b, alpha=c), x, beta=a)  # a x + (b s + c s s) x, in 3 kernels
     return x.mT if tall else x
 
 
@@ -51,46 +51,68 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # (closure: torch.distributed.checkpoint calls step(closure=None))
         for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            (self._muon if group['muon'] else self._adamw)(group, params)
+            if not group['muon']:
+                self._adamw(group, [p for p in group['params'] if p.grad is not None])
+        self._muon([g for g in self.param_groups if g['muon']])
 
-    def _muon(self, group, params):
-        mu, lr = group['momentum'], group['lr']
-        pieces = []  # (index of the parameter, one matrix of its update)
-        for i, p in enumerate(params):
-            state = self.state[p]
-            if not state:
-                state['momentum_buffer'] = torch.zeros_like(p)
-            state['momentum_buffer'].lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * grad
-            update = p.grad.lerp(state['momentum_buffer'], mu)  # Nesterov: look one momentum step ahead
-            pieces += [(i, part) for part in update.split(group['split'] or p.size(0))]  # rows: q, k, v apart
-        # Matrices of one shape are orthogonalized together, in one batch: the same arithmetic in a
-        # few large matmuls instead of many small ones (on a CPU each costs a sync of its threads).
-        shapes = {}
-        for j, (_, m) in enumerate(pieces):
-            shapes.setdefault(tuple(m.shape), []).append(j)
-        done = [None] * len(pieces)
-        for (rows, cols), js in shapes.items():
-            for j, m in zip(js, orthogonalize(torch.stack([pieces[j][1] for j in js]), group['ns_steps'])):
-                done[j] = m * max(1.0, rows / cols) ** 0.5  # tall matrices take larger steps (RMS ~ wide ones)
-        for i, p in enumerate(params):
-            p.mul_(1 - lr * group['weight_decay'])
-            p.add_(torch.cat([done[j] for j, (k, _) in enumerate(pieces) if k == i]), alpha=-lr)
+    def _muon(self, groups):
+        """Every Muon group in one pass. At small shapes a GPU step is bound by kernel launches (one per
+        tensor per operation), so each operation runs once for all tensors (torch._foreach_*), and the
+        matrices of one shape, from whichever group, are orthogonalized together (README, GPU)."""
+        targets, shapes = [], {}  # the (views of) parameters to step, and the update matrices by shape
+        for group in groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if not params:
+                continue
+            mu, lr = group['momentum'], group['lr']
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            grads, bufs = [p.grad for p in params], [self.state[p]['momentum_buffer'] for p in params]
+            torch._foreach_lerp_(bufs, grads, 1 - mu)  # buf = mu * buf + (1 - mu) * grad
+            updates = torch._foreach_lerp(grads, bufs, mu)  # Nesterov: look one momentum step ahead
+            if group['weight_decay']:
+                torch._foreach_mul_(params, 1 - lr * group['weight_decay'])
+            for p, update in zip(params, updates):
+                rows = group['split'] or p.size(0)  # q, k and v apart
+                for target, part in zip(p.split(rows), update.split(rows)):
+                    # tall matrices take larger steps (RMS ~ wide ones)
+                    scale = -lr * max(1.0, part.size(0) / part.size(1)) ** 0.5
+                    shapes.setdefault(tuple(part.shape), []).append(len(targets))
+                    targets.append((target, part, scale))
+        if not targets:
+            return
+        done = [None] * len(targets)
+        for shape, js in shapes.items():
+            for j, m in zip(js, orthogonalize(torch.stack([targets[j][1] for j in js]), groups[0]['ns_steps']).unbind()):
+                done[j] = m
+        # p += scale * update, for every matrix (a view: the qkv weight's rows step in three parts)
+        torch._foreach_add_([t for t, _, _ in targets], torch._foreach_mul(done, [sc for _, _, sc in targets]))
 
     def _adamw(self, group, params):
+        if not params:
+            return
         (b1, b2), lr = group['betas'], group['lr']
+        steps = []  # each parameter's own step count (one that had no gradient some step lags behind)
         for p in params:
             state = self.state[p]
             if not state:
-                state['step'] = torch.zeros((), dtype=torch.float32)
+                state['step'] = torch.zeros((), dtype=torch.float32)  # on the CPU: reading it costs no sync
                 state['exp_avg'], state['exp_avg_sq'] = torch.zeros_like(p), torch.zeros_like(p)
             state['step'] += 1
-            t = state['step'].item()
-            state['exp_avg'].lerp_(p.grad, 1 - b1)
-            state['exp_avg_sq'].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            denom = (state['exp_avg_sq'] / (1 - b2 ** t)).sqrt_().add_(group['eps'])
-            p.mul_(1 - lr * group['weight_decay'])
-            p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - b1 ** t))
+            steps.append(state['step'].item())
+        grads = [p.grad for p in params]
+        m, v = [self.state[p]['exp_avg'] for p in params], [self.state[p]['exp_avg_sq'] for p in params]
+        # The usual AdamW, each operation once for all the group's tensors (torch._foreach_*)
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(v, [1 - b2 ** t for t in steps])  # bias-corrected second moment
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group['eps'])
+        if group['weight_decay']:
+            torch._foreach_mul_(params, 1 - lr * group['weight_decay'])
+        torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - b1 ** t) for t in steps])
 
 
 def muon_adamw(model, learning_rate, muon_lr, weight_decay, betas, embed_lr=0.0, momentum=0.95):

@@ -103,6 +103,7 @@ dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + Gr
                           # autocast if it has AVX512-BF16/AMX and n_embd >= 256, else float32; float32 on MPS. A resumed
                           # run keeps the dtype it was started in
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
+compile_mode = 'default'  # torch.compile's mode; 'reduce-overhead' replays each step's kernels as CUDA graphs (small models on a GPU)
 gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
 fsdp = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 dist_timeout = 600        # seconds a process waits for the others in a collective before the job fails
@@ -135,6 +136,8 @@ def check_settings():
         die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
     if fsdp and ema_decay:
         die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
+    if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+        die(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'")
     if fsdp and muon:
         die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
     if peak_flops < 0:
@@ -227,7 +230,7 @@ if ckpt is not None:
     raw_model.load_state_dict(ckpt['model'])
 raw_model.to(device)
 raw_model.gradient_checkpointing = gradient_checkpointing
-model = training.wrap_model(raw_model, env, compile, fsdp)  # DDP or FSDP under torchrun, compiled (None: on CUDA)
+model = training.wrap_model(raw_model, env, compile, fsdp, compile_mode)  # DDP or FSDP under torchrun, compiled (None: on CUDA)
 if muon:  # after FSDP: on the shards
     optimizer = muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2))
 else:

@@ -188,7 +188,7 @@ def leave(code=0):
     os._exit(code)
 
 
-def wrap_model(model, env, compile=False, fsdp=False):
+def wrap_model(model, env, compile=False, fsdp=False, mode='default'):
     """The model the loop calls: under torchrun wrapped in DDP (a full copy per process, gradients
     all-reduced) or sharded with FSDP2 (each process holds 1/world of the parameters, gradients
     and optimizer state: per block, then the root); optionally torch.compile'd (compile=None: on for
@@ -209,7 +209,7 @@ def wrap_model(model, env, compile=False, fsdp=False):
         fully_shard(model, mp_policy=mp)
     if compile:
         env.say("compiling the model (takes a minute)...")
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if mode == 'default' else mode)
     if env.ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[env.local_rank] if env.device_type == 'cuda' else None)
@@ -273,6 +273,18 @@ def peak_flops(env):
     import torch
     name = torch.cuda.get_device_name(env.device) if env.device_type == 'cuda' else ''
     return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 0.0) or measure_flops(env.device, env.ptdtype)
+
+
+def write_profile(prof, path, steps):
+    """torch.profiler's tables for `steps` steps: operations by their own time on the GPU (where there is
+    one) and on the CPU, so that launch-bound (CPU) and compute-bound (GPU) steps both show what costs."""
+    avg = prof.key_averages()
+    has_cuda = any(getattr(e, 'device_time_total', 0) or getattr(e, 'cuda_time_total', 0) for e in avg)
+    sorts = (['self_cuda_time_total'] if has_cuda else []) + ['self_cpu_time_total', 'cpu_time_total']
+    with atomic_write(path) as f:
+        f.write(f"{steps} steps profiled (times are totals over them)\n")
+        for key in sorts:
+            f.write(f"\nsorted by {key}:\n{avg.table(sort_by=key, row_limit=30, max_name_column_width=70)}\n")
 
 
 def measure_flops(device='cpu', dtype=None, rounds=10, seconds=0.05, n=1024):
