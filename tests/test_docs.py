@@ -12,6 +12,8 @@ How a page marks its commands (inside ```bash blocks; a trailing comment's first
   # GPU       needs a CUDA GPU             # Mac      needs Apple's MPS
   # network   needs the internet, or what a `# network` line fetched
   # Windows   a Windows shell's syntax     # server   runs until stopped: started, awaited, stopped
+  # needs X   an optional package X (skipped where it does not import), or X.py not merged yet
+Several: `# server, needs fastapi: then open the page`.
 Lines that install (`pip ...`), clone (`git clone`) or run the test suite (`python -m pytest`) are
 CI's part (.ci/run installs from the same requirements files and runs the suite) and are skipped
 here. A `python X.py` whose script is not in this checkout yet is skipped with that reason.
@@ -59,6 +61,15 @@ def split_comment(line):
     return line.rstrip(), ''
 
 
+def marks_of(comment):
+    """The marks a trailing comment starts with: 'server, needs fastapi: open the page' -> {'server',
+    'needs fastapi'}. The part before the first colon counts only when every comma-separated item
+    in it is a mark; anything else is a plain comment (no marks)."""
+    items = [i.strip() for i in re.split(r'[:：]', comment, maxsplit=1)[0].split(',')]
+    ok = all(i in MARKS or re.fullmatch(r'needs [\w.-]+', i) for i in items)
+    return set(items) if comment and ok else set()
+
+
 def commands(path):
     """[(command, marks)] from the ```bash blocks of a page, in order. Continued lines (ending in a
     backslash) are joined; comment-only lines are dropped; marks: the MARKS a trailing comment
@@ -75,8 +86,7 @@ def commands(path):
             cmd, comment = split_comment(line)
             if not cmd:
                 continue
-            head = re.split(r'[\s,:：;；(（]', comment, maxsplit=1)[0] if comment else ''
-            out.append((' '.join(cmd.split()), {head} & set(MARKS)))
+            out.append((' '.join(cmd.split()), marks_of(comment)))
     return out
 
 
@@ -191,6 +201,8 @@ def test_reference_checker_catches_a_wrong_name(tmp_path):
     page.write_text('see `model.py:GPT.forwardd` and\n```bash\npython a.py "x # y" \\\n  --b=1   # GPU: big\n# note\n```\n')
     assert REF.findall(page.read_text()) == [('model.py', 'GPT.forwardd')]
     assert commands(page) == [('python a.py "x # y" --b=1', {'GPU'})]
+    assert marks_of('server, needs fastapi: then open it') == {'server', 'needs fastapi'}
+    assert marks_of('a title in, a poem out') == set() and marks_of('network：需要联网') == {'network'}
 
 
 # ----------------------------------------------------------------------------- the commands run (slow)
@@ -250,8 +262,18 @@ def adapt(cmd, tmp):
 
 
 def why_skip(cmd, marks, cwd):
-    if marks:
-        return f"marked {', '.join(sorted(marks))}"
+    for m in sorted(marks):
+        if not m.startswith('needs '):
+            return f"marked {m}"
+        need = m.split()[1]
+        if need.endswith('.py'):
+            if not (cwd / need).exists():
+                return f"{need} is not in this checkout yet"
+            continue
+        try:
+            __import__(need)
+        except ImportError:
+            return f"needs {need} (optional, not installed)"
     for prefix, why in SKIP_PREFIX.items():
         if cmd.startswith(prefix):
             return why
