@@ -215,6 +215,8 @@ FAST = {
     'sample.py': '--max_new_tokens=20 --num_samples=1',
     'eval.py': '--limit=20',
 }
+# A page's own extra settings for the test (its model is sized for a GPU): appended after FAST.
+PAGE_FAST = {'kaggle.md': {'train.py': '--n_layer=2 --n_head=4 --n_embd=128 --batch_size=4'}}
 SKIP_PREFIX = {'pip ': 'installs: CI does it from the same requirements files (.ci/run)',
                'git clone': 'clones the repository: the test runs in a copy of it',
                'python -m pytest': "runs the test suite: CI's own command (.ci/run)"}
@@ -229,6 +231,7 @@ def place_offline_data(tmp):
     copies = {'data/verdict/the-verdict.txt': 'the-verdict.txt', 'data/shakespeare_char/input.txt': 'tinyshakespeare.txt',
               'data/instruction-data.json': 'instruction-data.json', 'tang-poems.jsonl': 'tang-poems.jsonl',
               'tang-poems-chat.jsonl': 'tang-poems-chat.jsonl', 'the-verdict.txt': 'the-verdict.txt',
+              'instruction-data.json': 'instruction-data.json',
               'kaggle/input/tang-poems/tang-poems.jsonl': 'tang-poems.jsonl',
               'kaggle/input/tang-poems/tang-poems-chat.jsonl': 'tang-poems-chat.jsonl'}
     for dst, src in copies.items():
@@ -248,7 +251,7 @@ def copy_project(tmp):
     shutil.copy(ROOT / 'data' / 'README.md', tmp / 'data' / 'README.md')
 
 
-def adapt(cmd, tmp):
+def adapt(cmd, tmp, page_fast=None):
     """The command as the test runs it: Kaggle's folders inside tmp, small settings appended."""
     cmd = cmd.replace('/kaggle/input', f'{tmp}/kaggle/input').replace('/kaggle/working', f'{tmp}/kaggle/working')
     parts = []
@@ -257,6 +260,7 @@ def adapt(cmd, tmp):
         script = next((w for w in words if w.endswith('.py')), '')
         if words[:1] in (['python'], ['torchrun']) and Path(script).name in FAST and '--help' not in words:
             part += ' ' + FAST[Path(script).name]
+            part += ' ' + (page_fast or {}).get(Path(script).name, '')
         parts.append(part)
     return ' && '.join(parts)
 
@@ -311,8 +315,13 @@ def run_page(page, tmp):
     cwd, ran, skipped = tmp, [], []
     for cmd, marks in commands(page):
         why = why_skip(cmd, marks - {'server'}, cwd)
+        if cmd.startswith('git clone ') and not marks - {'network'} and len(cmd.split()) > 3:
+            dest = Path(adapt(cmd.split()[3], tmp))  # the clone's folder: a copy of the project stands in
+            dest.mkdir(parents=True, exist_ok=True)
+            copy_project(dest)
         if cmd.startswith('pip ') and ' && ' in cmd and not marks:  # "pip install ... && python ...": run the rest
-            cmd, why = cmd.split(' && ', 1)[1], ''
+            cmd = cmd.split(' && ', 1)[1]
+            why = why_skip(cmd, marks, cwd)
         if why:
             skipped.append(f"{cmd}   ({why})")
             continue
@@ -326,7 +335,7 @@ def run_page(page, tmp):
             cwd = (cwd / os.path.expandvars(adapt(cmd[3:], tmp))).resolve()
             ran.append(cmd)
             continue
-        real = adapt(cmd, tmp)
+        real = adapt(cmd, tmp, PAGE_FAST.get(page.name))
         if 'server' in marks:
             serve_and_stop(real, cwd, env)
         else:
