@@ -209,7 +209,7 @@ def test_reference_checker_catches_a_wrong_name(tmp_path):
 
 # Small settings appended to long runs: the same path, in seconds.
 FAST = {
-    'train.py': '--max_iters=20 --eval_interval=10 --eval_iters=2 --warmup_iters=5 --log_interval=10 --sample_tokens=20',
+    'train.py': '--max_iters=20 --eval_interval=10 --eval_iters=2 --eval_full_val=False --warmup_iters=5 --log_interval=10 --sample_tokens=20',
     'finetune_sft.py': '--max_iters=10 --eval_interval=5 --eval_iters=2 --warmup_iters=2 --log_interval=5 --sample_tokens=20',
     'finetune_cls.py': '--max_iters=10 --eval_interval=5 --warmup_iters=2 --log_interval=5',
     'sample.py': '--max_new_tokens=20 --num_samples=1',
