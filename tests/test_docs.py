@@ -241,19 +241,24 @@ def place_offline_data(tmp):
     (tmp / 'kaggle' / 'working').mkdir(parents=True)
 
 
-def copy_project(tmp):
-    """What a clone holds: the scripts, config/, data/README.md and the requirements files."""
+def copy_project(tmp, root):
+    """What a clone holds: the scripts, config/, data/README.md and the requirements files. A config
+    that names Kaggle's folders gets root's stand-ins for them (as adapt() does for commands)."""
     for p in ROOT.iterdir():
         if p.suffix in ('.py', '.txt', '.html') and p.is_file():
             shutil.copy(p, tmp / p.name)
     shutil.copytree(ROOT / 'config', tmp / 'config')
+    for cfg in (tmp / 'config').glob('*.py'):
+        cfg.write_text(adapt(cfg.read_text(encoding='utf-8'), root, script_args=False), encoding='utf-8')
     (tmp / 'data').mkdir()
     shutil.copy(ROOT / 'data' / 'README.md', tmp / 'data' / 'README.md')
 
 
-def adapt(cmd, tmp, page_fast=None):
+def adapt(cmd, tmp, page_fast=None, script_args=True):
     """The command as the test runs it: Kaggle's folders inside tmp, small settings appended."""
     cmd = cmd.replace('/kaggle/input', f'{tmp}/kaggle/input').replace('/kaggle/working', f'{tmp}/kaggle/working')
+    if not script_args:
+        return cmd
     parts = []
     for part in cmd.split(' && '):
         words = part.split()
@@ -309,7 +314,7 @@ def serve_and_stop(cmd, cwd, env):
 
 
 def run_page(page, tmp):
-    copy_project(tmp)
+    copy_project(tmp, tmp)
     place_offline_data(tmp)
     env = {**os.environ, 'PWD': str(tmp), 'TIKTOKEN_CACHE_DIR': str(tmp / 'tiktoken_cache'), 'MPLBACKEND': 'Agg'}
     cwd, ran, skipped = tmp, [], []
@@ -318,7 +323,7 @@ def run_page(page, tmp):
         if cmd.startswith('git clone ') and not marks - {'network'} and len(cmd.split()) > 3:
             dest = Path(adapt(cmd.split()[3], tmp))  # the clone's folder: a copy of the project stands in
             dest.mkdir(parents=True, exist_ok=True)
-            copy_project(dest)
+            copy_project(dest, tmp)
         if cmd.startswith('pip ') and ' && ' in cmd and not marks:  # "pip install ... && python ...": run the rest
             cmd = cmd.split(' && ', 1)[1]
             why = why_skip(cmd, marks, cwd)
