@@ -24,6 +24,10 @@ SHARED = ROOT.parent / 'shared' / 'data'
 if (SHARED / 'tiktoken_cache').is_dir():
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
 sys.path.insert(0, str(ROOT))
+# One thread for torch, here and in every script the tests start: models this small run as fast on
+# one, and on a shared machine a second thread mostly waits at barriers for a core (several times
+# slower under load). Set before torch is imported anywhere; a test may still ask for more.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
 def shared_file(name):
@@ -66,9 +70,9 @@ def run_here(script, *args, check=False):
     """Run one of the project's scripts in this process (runpy), as `python script args` would, and
     return a CompletedProcess (returncode, stdout, stderr). For settings and inputs a script refuses
     before it trains: a subprocess would only add the torch import (seconds) to each case. An
-    uncaught exception goes through cli's hook, as it would at the top of a process (check: unused,
-    for the same calls as run()). The signal
-    handlers and sys.argv are put back after."""
+    uncaught exception goes through cli's hook, as it would at the top of a process. The signal
+    handlers and sys.argv are put back after. (check: accepted and unused, so that a call to run()
+    reads the same; run_here never raises for a non-zero exit.)"""
     import cli
     argv, handlers, debug = sys.argv, [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], cli.DEBUG
     out, err = io.StringIO(), io.StringIO()

@@ -34,8 +34,8 @@ def tok(tmp_path_factory):
     import prepare
     d = tmp_path_factory.mktemp('tok')
     (d / 'tiny.txt').write_text(make_text())
-    return tokenizer.load(prepare.prepare('tinybpe', input=[str(d / 'tiny.txt')], vocab_size=300, tokenizer_only=True,
-                                          out_dir=str(d), quiet=True))
+    prepare.prepare('tinybpe', input=[str(d / 'tiny.txt')], vocab_size=300, tokenizer_only=True, out_dir=str(d), quiet=True)
+    return tokenizer.load(tokenizer.read_spec(d / 'tinybpe'))
 
 
 CONVERSATION = [{'role': 'system', 'content': 'be brief.'},
