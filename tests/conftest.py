@@ -1,8 +1,20 @@
 """Shared test helpers. Tests run offline: GPT-2's BPE comes from ../shared/data/tiktoken_cache
-when that folder exists; tests that need it (or other real data) skip otherwise."""
+when that folder exists; tests that need it (or other real data) skip otherwise.
+
+Test files follow the modules (test_cli.py for cli.py, test_training.py for training.py, ...).
+Tests that start a script in a subprocess carry @pytest.mark.slow: `pytest -m "not slow"` is the
+quick answer. Shared, expensive things are session fixtures here: char_data (a prepared char
+dataset), tiny_run (one tiny trained run that many tests read or copy), sft_base.
+No test waits a guessed time: they wait for what a program shows (a line, a file, a stand-in that
+blocks until the test signals it: see start_paused)."""
+import contextlib
+import io
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +24,10 @@ SHARED = ROOT.parent / 'shared' / 'data'
 if (SHARED / 'tiktoken_cache').is_dir():
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
 sys.path.insert(0, str(ROOT))
+# One thread for torch, here and in every script the tests start: models this small run as fast on
+# one, and on a shared machine a second thread mostly waits at barriers for a core (several times
+# slower under load). Set before torch is imported anywhere; a test may still ask for more.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
 def shared_file(name):
@@ -41,13 +57,101 @@ def make_text(n_lines=600, seed=0):
     return ''.join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}.\n" for _ in range(n_lines))
 
 
+def assert_one_line_error(p, expected):
+    """p (a CompletedProcess) failed with one line on stderr naming the problem, and no traceback."""
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert 'Traceback' not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1, p.stderr
+    assert expected in errors[0], errors[0]
+
+
+def run_here(script, *args, check=False):
+    """Run one of the project's scripts in this process (runpy), as `python script args` would, and
+    return a CompletedProcess (returncode, stdout, stderr). For settings and inputs a script refuses
+    before it trains: a subprocess would only add the torch import (seconds) to each case. An
+    uncaught exception goes through cli's hook, as it would at the top of a process. The signal
+    handlers and sys.argv are put back after. (check: accepted and unused, so that a call to run()
+    reads the same; run_here never raises for a non-zero exit.)"""
+    import cli
+    argv, handlers, debug = sys.argv, [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], cli.DEBUG
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv, cli.DEBUG, code = [str(ROOT / script), *map(str, args)], False, 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / script), run_name='__main__')
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            except Exception as e:  # noqa: BLE001 -- what the process's excepthook would print
+                cli._excepthook(type(e), e, e.__traceback__)
+                code = 1
+    finally:
+        sys.argv, cli.DEBUG, cli.stop_signal, cli.interrupt_note = argv, debug, 0, ''
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def wait_for(condition, proc=None, timeout=120, what='the event'):
+    """Poll until condition() is true: an event the program shows (a file, a log row). Fails at once
+    when proc ends first, and after `timeout` s (a hang, not a slow machine: generous on purpose)."""
+    t0 = time.monotonic()
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f'the program ended ({proc.returncode}) before {what}')
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f'no {what} after {timeout} s')
+        time.sleep(0.005)
+
+
+# A stand-in run: the script, with training.cosine_lr (called at the top of every iteration by all
+# training scripts) wrapped so that, at iteration PAUSE_AT, it writes PAUSE_MARKER (+ .<rank>) and
+# waits for a signal. The test waits for the file and then sends its signal: the stop lands exactly
+# there, however fast the machine. Once per out_dir marker: a resumed run does not pause again.
+PAUSED = """import os, runpy, sys, time
+sys.path.insert(0, {root!r})
+import cli, training
+lr, at, marker = training.cosine_lr, int(os.environ['PAUSE_AT']), os.environ['PAUSE_MARKER'] + '.' + os.environ.get('RANK', '0')
+def cosine_lr(it, *a, **k):
+    if it == at and not os.path.exists(marker):
+        open(marker, 'w').close()
+        t0 = time.monotonic()  # until the test's signal (the script's handler notes it), then this step goes on
+        while not cli.stop_signal and time.monotonic() - t0 < 600:
+            time.sleep(0.005)
+    return lr(it, *a, **k)
+training.cosine_lr = cosine_lr
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name='__main__')
+"""
+
+
+def paused_script(script, folder):
+    """Write the stand-in of `script` (see PAUSED) into folder; returns its path."""
+    path = Path(folder) / f'paused_{Path(script).stem}.py'
+    path.write_text(PAUSED.format(root=str(ROOT), script=str(ROOT / script)))
+    return path
+
+
+def start_paused(script, args, at, marker, env=None, torchrun=0, **kw):
+    """Popen of `script args` (under torchrun with `torchrun` processes when > 0) that stops at
+    iteration `at` until signalled; wait with wait_for(lambda: Path(f'{marker}.0').exists())."""
+    stand_in = paused_script(script, Path(marker).parent)
+    launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}'] if torchrun else [sys.executable]
+    env = {**os.environ, 'PAUSE_AT': str(at), 'PAUSE_MARKER': str(marker), **({'OMP_NUM_THREADS': '1'} if torchrun else {}), **(env or {})}
+    return subprocess.Popen([*launch, str(stand_in), *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
 @pytest.fixture(scope='session')
 def char_data(tmp_path_factory):
-    """A char-level dataset prepared by prepare.py: returns its data_dir (dataset name 'tiny')."""
+    """A char-level dataset prepared by prepare.prepare() (in this process: the command line is
+    tested in test_prepare.py): returns its data_dir (dataset name 'tiny')."""
+    import prepare
     d = tmp_path_factory.mktemp('data')
     src = d / 'tiny.txt'
     src.write_text(make_text())
-    run('prepare.py', 'tiny', '--input', src, '--tokenizer=char', '--out_dir', d)
+    prepare.prepare('tiny', input=[str(src)], tokenizer_name='char', out_dir=str(d), quiet=True, workers=1)
     return d
 
 
@@ -55,6 +159,18 @@ def char_data(tmp_path_factory):
 TINY = ['--dataset=tiny', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
         '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=4', '--log_interval=5', '--peak_flops=1e12',
         '--sample_tokens=20', '--dtype=float32']  # dtype pinned: tests compare numbers across runs
+
+
+TINY_RUN = ['--max_iters=10', '--eval_interval=5', '--sample_prompt=']
+
+
+@pytest.fixture(scope='session')
+def tiny_run(char_data, tmp_path_factory):
+    """One tiny run of train.py (TINY + TINY_RUN: 10 iterations, evals at 5 and 10), trained once for
+    the whole session. Tests read it, or copy it (shutil.copytree) before they change anything."""
+    out = tmp_path_factory.mktemp('tiny_run') / 'out'
+    run('train.py', *TINY, *TINY_RUN, f'--data_dir={char_data}', f'--out_dir={out}')
+    return out
 
 
 def make_chats(n=240, seed=0):

@@ -3,23 +3,18 @@ choice trains exactly what it says, a short run learns a task the test builds, -
 resume after SIGTERM, and bad input as one line naming the file and row."""
 import csv
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import ROOT, run
+from conftest import assert_one_line_error, run, start_paused, wait_for
 from checkpoint import load_checkpoint, load_model
 import cls_data
 import tokenizer
 from model import GPT, ModelConfig
-from test_errors import assert_one_line_error
 
 # Models this small run as fast on one thread, and a second would only fight other processes.
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
@@ -125,6 +120,7 @@ def test_split_is_stratified_and_deterministic():
     assert cls_data.label_names(['10', '2', '1']) == ['1', '2', '10']
 
 
+@pytest.mark.slow
 def test_learns_the_task_and_classifies(learned, tmp_path):
     out, stdout = learned
     acc, base = map(float, re.search(r"test \(60 texts\), best.pt: accuracy ([\d.]+).*majority.*accuracy ([\d.]+)", stdout).groups())
@@ -145,6 +141,7 @@ def test_learns_the_task_and_classifies(learned, tmp_path):
     assert lines[1].endswith('\tmy friend likes the river.') and 0.5 < float(lines[1].split('\t')[1]) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('trainable', ['head', 'last', 'all', 'lora'])
 def test_each_choice_trains_what_it_says(trunk, tmp_path, trainable):
     out = tmp_path / 'out'
@@ -165,18 +162,17 @@ def test_each_choice_trains_what_it_says(trunk, tmp_path, trainable):
     assert changed == expected
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_matches_an_uninterrupted_run(trunk, learned, tmp_path):
     out = tmp_path / 'out'
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'finetune_cls.py'), *cls_args(trunk, out, *LEARN)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ONE_THREAD})
-    t0 = time.time()
-    while proc.poll() is None and time.time() - t0 < 120:
-        rows = [json.loads(line) for line in open(out / 'log.jsonl')] if (out / 'log.jsonl').exists() else []
-        if any(r['iter'] >= 30 for r in rows):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=120)
+    marker = tmp_path / 'paused'
+    proc = start_paused('finetune_cls.py', cls_args(trunk, out, *LEARN), 30, marker, env=ONE_THREAD)  # waits at iter 30 for the signal
+    try:
+        wait_for(lambda: (tmp_path / 'paused.0').exists(), proc, what='iteration 30')
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
     assert proc.returncode == 143 and 'Resume with:' in stdout, stdout[-1000:]
     assert load_checkpoint(out / 'ckpt.pt')['iter_num'] < 200
     finetune(trunk, out, *LEARN, '--init_from=resume')
@@ -198,6 +194,7 @@ BAD = [  # (file name, its contents, extra args, the error)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,content,extra,expected', BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_one_line_naming_file_and_row(trunk, tmp_path, name, content, extra, expected):
     path = tmp_path / name

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import run, shared_file
 
+pytestmark = pytest.mark.slow  # every test here starts scripts
+
 RAW = {'train_verdict.py': ('verdict', 'the-verdict.txt', 'the-verdict.txt'),
        'train_shakespeare_char.py': ('shakespeare_char', 'tinyshakespeare.txt', 'input.txt')}
 

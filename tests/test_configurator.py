@@ -1,5 +1,7 @@
 import pytest
 
+from conftest import run
+
 from configurator import ConfigError, apply_config
 
 DEFAULTS = dict(max_iters=100, learning_rate=1e-3, device='auto', compile=False, norm=None, bias=None, betas=(0.9, 0.95))
@@ -18,18 +20,6 @@ def test_overrides_parse_as_literals():
     assert cfg('--betas=[0.8, 0.9]')['betas'] == (0.8, 0.9)
     # a None default ('take it from the preset') still reads true/false as booleans
     assert cfg('--bias=false')['bias'] is False and cfg('--bias=True')['bias'] is True
-
-
-def test_auto_dtype_follows_the_gpu_generation(monkeypatch):
-    import torch
-    from training import resolve_device
-    assert resolve_device('cpu', 'auto') == ('cpu', 'cpu', 'float32')
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # true even on a T4 (emulated)
-    for capability, dtype in [((7, 5), 'float16'), ((7, 0), 'float16'), ((8, 0), 'bfloat16'), ((9, 0), 'bfloat16')]:
-        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None, c=capability: c)
-        assert resolve_device('cuda', 'auto') == ('cuda', 'cuda', dtype)
-    assert resolve_device('cuda:1', 'float32') == ('cuda:1', 'cuda', 'float32')
 
 
 def test_config_file_then_overrides(tmp_path):
@@ -97,3 +87,23 @@ def test_a_float_where_an_int_belongs_is_named_with_its_file(tmp_path):
     f.write_text("max_iters = 2.5\n")
     with pytest.raises(ConfigError, match=r"max_iters = 2.5 in .*c.py: expected int"):
         cfg(str(f))
+
+
+@pytest.mark.slow
+def test_help_lists_the_settings():
+    p = run('train.py', '--help')
+    assert 'python train.py config/train_verdict.py' in p.stdout and "out_dir = 'out'" in p.stdout
+    assert 'n_kv_head = 0             # 0 = n_head' in p.stdout and 'configure(' not in p.stdout
+    p = run('sample.py', '-h')
+    assert 'top_p = 1.0' in p.stdout and 'Traceback' not in p.stderr
+
+
+@pytest.mark.slow
+def test_help_piped_into_head_ends_quietly():
+    """`python train.py -h | head` used to end in 'Broken pipe' and exit 1."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    p = subprocess.run(f'{sys.executable} {ROOT / "train.py"} -h | head -3; exit ${{PIPESTATUS[0]}}', shell=True,
+                       executable='/bin/bash', capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == '' and len(p.stdout.splitlines()) == 3, (p.returncode, p.stderr)

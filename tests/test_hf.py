@@ -356,6 +356,7 @@ def test_hub_id_offline_says_how_to_use_a_folder(tmp_path, monkeypatch):
         hf.load_hf(str(tmp_path / 'not' / 'a' / 'model'))
 
 
+@pytest.mark.slow
 def test_export_script(tmp_path, bpe_spec):
     need('safetensors')
     run_dir = tmp_path / 'out-tiny'
@@ -370,6 +371,7 @@ def test_export_script(tmp_path, bpe_spec):
     assert missing.returncode != 0 and missing.stderr.count('\n') == 1 and 'Traceback' not in missing.stderr
 
 
+@pytest.mark.slow
 def test_scripts_start_from_a_hf_folder(char_data, tmp_path):
     """The README's path: export a run, then train.py --init_from=hf:<folder> continues from exactly
     those weights (its first loss is the exported model's), resumes, and sample.py samples the folder."""

@@ -3,8 +3,8 @@
 
     python -m pytest tests/test_prepare.py -q
 """
+import contextlib
 import gzip
-import hashlib
 import json
 import re
 import os
@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT))
 import dataset  # noqa: E402
 import prepare  # noqa: E402
 import tokenizer  # noqa: E402
+
+from conftest import run_here, wait_for  # noqa: E402
 
 SHARED = ROOT / '..' / 'shared' / 'data'
 DOCS = [f'document {i}: ' + 'lorem ipsum dolor sit amet, 床前明月光 ' * (1 + i % 4) + '\n' for i in range(40)]
@@ -54,7 +56,13 @@ def write_jsonl(path, docs, field='text'):
 
 
 def cli(*args, cwd=None, env=None, **kw):
-    """prepare.py as a user runs it -> (returncode, stdout, stderr)."""
+    """prepare.py as a user runs it -> (returncode, stdout, stderr). In this process (conftest.run_here:
+    the same argv, exit code and stderr, without a second interpreter's start), unless the test sets
+    the environment (then a process of its own)."""
+    if env is None and not kw:
+        with contextlib.chdir(cwd or ROOT):
+            r = run_here('prepare.py', *args)
+        return r.returncode, r.stdout, r.stderr
     r = subprocess.run([sys.executable, str(ROOT / 'prepare.py'), *map(str, args)], capture_output=True, text=True,
                        cwd=cwd or ROOT, env={**os.environ, 'NANOLM_DEBUG': '', **(env or {})}, **kw)
     return r.returncode, r.stdout, r.stderr
@@ -260,33 +268,7 @@ def test_a_bpe_on_no_text_is_one_line(tmp_path, args, content, words):
 
 
 GOOD_META = {'tokenizer': {'kind': 'char', 'chars': 'ab'}, 'vocab_size': 3, 'dtype': 'uint16',
-             'train_tokens': 10, 'val_tokens': 2}
-
-
-@pytest.mark.parametrize('content,words', [
-    (None, ['meta.json not found']),
-    ('{"vocab_size": 3,', ['meta.json is damaged']),
-    ('[1, 2]', ['meta.json is damaged', 'list']),
-    (json.dumps({k: v for k, v in GOOD_META.items() if k not in ('tokenizer', 'dtype')}),
-     ['meta.json is damaged', 'tokenizer, dtype']),
-    (json.dumps({**GOOD_META, 'tokenizer': {'kind': 'bpe', 'pat_str': 'x', 'special': {}, 'ranks_file': 'gone'}}),
-     ['cannot load the tokenizer', 'gone']),
-    (json.dumps({**GOOD_META, 'tokenizer': 'char'}), ['cannot load the tokenizer', 'not a tokenizer spec']),
-])
-def test_damaged_meta_says_rerun_prepare(tmp_path, content, words):
-    d = tmp_path / 'mydata'
-    d.mkdir()
-    if content is not None:
-        (d / 'meta.json').write_text(content)
-    with pytest.raises(ValueError) as e:
-        dataset.load_meta(d)
-    msg = str(e.value)
-    assert '\n' not in msg and msg.endswith('rerun: python prepare.py mydata'), msg
-    for w in words:
-        assert w in msg, (w, msg)
-    (d / 'meta.json').write_text(json.dumps(GOOD_META))
-    tok, meta = dataset.load_meta(d)  # and the good one loads
-    assert tok.encode('ab') == [0, 1] and meta['vocab_size'] == 3
+             'train_tokens': 10, 'val_tokens': 2}  # (load_meta's own tests: test_dataset.py)
 
 
 def test_tokenizer_folder_with_a_dataset_follows_its_meta_json(tmp_path):
@@ -425,8 +407,8 @@ def prepared(tmp_path_factory):
     (['--tokenizer=bpe', '--vocab_size=0'], ['--vocab_size=0 is too small']),
     (['--tokenizer=bpe', '--vocab_size=-5'], ['--vocab_size=-5 is too small']),
     (['--tokenizer=char', '--vocab_size=4096'], ['--vocab_size is for --tokenizer=bpe']),
-    (['--val_fraction=0'], ['--val_fraction=0.0 must be between 0 and 1']),
-    (['--val_fraction=1.5'], ['--val_fraction=1.5 must be between 0 and 1']),
+    (['--val_fraction=0'], ['--val_fraction=0.0 must be above 0 and below 1', 'training needs a validation split']),
+    (['--val_fraction=1.5'], ['--val_fraction=1.5 must be above 0 and below 1']),
     (['--input={r}/empty_dir'], ['folder', 'empty_dir holds no files']),
     (['--input={r}/numbers.jsonl'], ['numbers.jsonl:1', "field 'text' is 5, not a string"]),
     (['--input={r}/nulls.jsonl'], ['nulls.jsonl:2', "field 'text' is null, not a string"]),
@@ -496,86 +478,94 @@ def test_interrupt_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
     assert not list((tmp_path / 'data' / 'new').glob('*.bin*'))
 
 
-@pytest.fixture(scope='module')
-def big_jsonl(tmp_path_factory):
-    """About 25 MB of JSONL: encoding it with 2 workers takes a few seconds here, long enough
-    to see a progress line that is not yet at 100% (it is printed every 0.5 s)."""
-    import random
-    rng = random.Random(0)
-    words = 'the cat a dog sees likes river house garden old man king 明月 光 and then'.split()
-    path = tmp_path_factory.mktemp('big') / 'big.jsonl'
-    with open(path, 'w', encoding='utf-8') as f:
-        for _ in range(50000):
-            f.write(json.dumps({'text': ' '.join(rng.choices(words, k=100))}, ensure_ascii=False) + '\n')
-    return path
+# A stand-in prepare.py: prepare.main() with read_units (the input, as every pass reads it) wrapped so
+# that, at its 50th unit in the stage PAUSE_STAGE (cli.interrupt_note: 'while counting the input',
+# 'while encoding', 'while training the bpe'), it writes PAUSE_MARKER and waits for a signal: the
+# signal lands in that stage on any machine, however fast.
+PAUSED = """import os, sys, time
+sys.path.insert(0, {root!r})
+import cli, prepare
+prepare.BATCH = 200  # (many batches: the workers have work in flight when the signal comes)
+real, stage, marker = prepare.read_units, os.environ['PAUSE_STAGE'], os.environ['PAUSE_MARKER']
+def read_units(*a, **k):
+    for n, unit in enumerate(real(*a, **k)):
+        if n == 50 and cli.interrupt_note.startswith(stage) and not os.path.exists(marker):
+            open(marker, 'w').close()
+            time.sleep(600)  # until the test's signal (the signal rule ends the sleep: exit 128 + signal)
+        yield unit
+prepare.read_units = read_units
+sys.argv[0] = 'prepare.py'
+prepare.main()
+"""
 
 
-@pytest.mark.parametrize('sig,moment', [('SIGINT', 'counting:'), ('SIGINT', 'encoding:'), ('SIGTERM', 'encoding:'),
-                                        ('SIGTERM', 'counting:')])
-def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, big_jsonl, sig, moment):
+def start_paused(tmp_path, stage, *args, **kw):
+    """prepare.py (the stand-in above) with args, paused in `stage` -> (Popen, its marker file)."""
+    script, marker = tmp_path / 'paused_prepare.py', tmp_path / 'paused'
+    script.write_text(PAUSED.format(root=str(ROOT)))
+    p = subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, 'NANOLM_DEBUG': '', 'PAUSE_STAGE': stage, 'PAUSE_MARKER': str(marker)}, **kw)
+    return p, marker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig,stage', [('SIGINT', 'while counting the input'), ('SIGINT', 'while encoding'),
+                                       ('SIGTERM', 'while encoding'), ('SIGTERM', 'while counting the input')])
+def test_ctrl_c_or_sigterm_with_workers_exits_cleanly(tmp_path, sig, stage):
     """Ctrl-C reaches the whole process group (main and workers), as does a scheduler's SIGTERM.
     Once, with multiprocessing.Pool, the main process then hung forever on a lock held by a dead
-    worker. Now: exit 128 + the signal number (130, 143) within seconds, one line, nothing left in the output folder, no process
-    left. moment: the status line of the pass to interrupt (encoding: one short of 80%)."""
+    worker. Now: exit 128 + the signal number (130, 143), one line, nothing left in the output
+    folder, no process left. The signal comes while prepare.py is in `stage` (a stand-in that waits
+    there for it: see PAUSED)."""
     import signal
-    import threading
-    import time
     if not hasattr(os, 'killpg'):
         pytest.skip('needs POSIX process groups')
+    write_jsonl(tmp_path / 'a.jsonl', DOCS * 10)
     out = tmp_path / 'out'
     out.mkdir()
-    p = subprocess.Popen([sys.executable, str(ROOT / 'prepare.py'), 'x', '--input', str(big_jsonl), '--workers=2',
-                          '--tokenizer=char', f'--out_dir={out}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True, env={**os.environ, 'NANOLM_DEBUG': ''})
-    err = []  # stderr as it comes
-    reader = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(p.stderr.fileno(), 4096), b'')))
-    reader.start()
-    t0 = time.time()
-    while p.poll() is None and time.time() - t0 < 60:
-        text = b''.join(err).decode()
-        if moment == 'counting:' and 'counting:' in text or any(int(x) < 80 for x in re.findall(r'encoding:[^\n%]*?(\d+)%', text)):
-            break
-        time.sleep(0.01)
-    assert p.poll() is None, 'prepare.py finished before the signal: make the corpus bigger'
-    t1 = time.time()
-    os.killpg(p.pid, getattr(signal, sig))
+    p, marker = start_paused(tmp_path, stage, 'x', '--input', tmp_path / 'a.jsonl', '--workers=2', '--tokenizer=char',
+                             f'--out_dir={out}', start_new_session=True)
     try:
-        code = p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise AssertionError(f'prepare.py hung after {sig}')
-    reader.join(5)
-    assert code == 128 + getattr(signal, sig) and time.time() - t1 < 5
-    text = b''.join(err).decode()
-    lines = [l.strip() for l in text.replace('\r', '\n').splitlines() if l.strip()]
+        wait_for(marker.exists, p, what=f'prepare.py {stage}')
+        os.killpg(p.pid, getattr(signal, sig))
+        _, err = p.communicate(timeout=60)  # (a hang fails here)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 128 + getattr(signal, sig), err
+    lines = [l.strip() for l in err.replace('\r', '\n').splitlines() if l.strip()]
     # the line says what was going on and what it means
-    stage = 'counting the input' if moment == 'counting:' else 'encoding'
-    assert 'Traceback' not in text and lines[-1] == f'interrupted ({sig}) while {stage}: no dataset was written', text
+    assert 'Traceback' not in err and lines[-1] == f'interrupted ({sig}) {stage}: no dataset was written', err
     assert sum('interrupted' in l or 'error' in l for l in lines) == 1  # the rest is progress
     assert list(out.iterdir()) == []  # no train.bin, val.bin, meta.json, temp files or folder
-    for _ in range(100):  # the workers are gone too
-        try:
-            os.killpg(p.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError('worker processes outlived prepare.py')
+    wait_for(lambda: subprocess.run(['pgrep', '-g', str(p.pid)], capture_output=True).returncode == 1, timeout=30,
+             what='the end of the worker processes')  # the workers are gone too
 
 
-def test_progress_lines_do_not_run_together_in_a_log(tmp_path, big_jsonl):
+
+def test_progress_lines_do_not_run_together_in_a_log(tmp_path, monkeypatch, capsys):
     """stderr that is not a terminal (a log file, a pipe) gets whole lines, not ones joined by \\r,
-    and not too many of them: at most one every 0.5 s."""
-    import time
-    t0 = time.time()
-    code, _, err = cli('x', '--input', big_jsonl, '--workers=2', '--tokenizer=char', f'--out_dir={tmp_path}')
-    dt = time.time() - t0
-    assert code == 0, err
+    and not too many of them: at most one every 0.5 s. The status lines' clock is a stand-in that
+    moves 0.1 s each time it is read, so the lines come however fast this machine is."""
+    import cli
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 0.1
+        return clock[0]
+    monkeypatch.setattr(cli, 'time', type('FakeTime', (), {'time': staticmethod(tick)}))
+    monkeypatch.setattr(prepare, 'BATCH', 200)  # many batches: many calls to progress()
+    write_jsonl(tmp_path / 'a.jsonl', DOCS * 20)
+    monkeypatch.setattr(sys, 'argv', ['prepare.py', 'x', '--input', str(tmp_path / 'a.jsonl'), '--workers=2', '--tokenizer=char',
+                                      f'--out_dir={tmp_path}'])
+    prepare.main()  # (this module's prepare: its BATCH is the one set above)
+    err = capsys.readouterr().err
     lines = err.splitlines()
     assert '\r' not in err and lines and all(re.match(r'(counting|encoding): ', l) for l in lines), err
-    assert any(l.startswith('encoding: ') for l in lines) and len(lines) <= dt / 0.5 + 2, (dt, err)
+    assert any(l.startswith('encoding: ') for l in lines) and len(lines) <= clock[0] / 0.5 + 2, (clock[0], err)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
     """A Ctrl-C while numpy and tiktoken load (the first second of every run) was a traceback: now
     common is imported first. A stand-in numpy that sends the signal while it is imported."""
@@ -587,6 +577,7 @@ def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize('tok,fails', [('char', 'train.bin'), ('bpe', 'train.bin'), ('char', 'meta.json')])
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_keeps_the_dataset(tmp_path, tok, fails):
     """Writes fail with EFBIG past a file size limit, as with ENOSPC on a full disk: one line,
     no temp files left, the dataset prepared before byte for byte as it was. meta.json: only its
@@ -615,6 +606,7 @@ def test_full_disk_is_one_line_and_keeps_the_dataset(tmp_path, tok, fails):
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(prepared):
     r = prepared
     args = ['x', '--input', r / 'a.jsonl', f'--tokenizer={r}/garbage_tok', f'--out_dir={r}/data']
@@ -624,82 +616,21 @@ def test_debug_shows_the_traceback(prepared):
         assert err.strip().splitlines()[-1].startswith('error: ') and 'garbage_tok/tokenizer.tiktoken' in err
 
 
-def test_ctrl_c_while_training_a_bpe_says_no_tokenizer_was_written(tmp_path, big_jsonl):
+@pytest.mark.slow
+def test_ctrl_c_while_training_a_bpe_says_no_tokenizer_was_written(tmp_path):
     """--tokenizer_only writes no dataset, so the line must not say that no dataset was written."""
     import signal
-    p = subprocess.Popen([sys.executable, str(ROOT / 'prepare.py'), 'tok', '--input', str(big_jsonl),
-                          '--tokenizer_only', f'--out_dir={tmp_path}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, 'NANOLM_DEBUG': ''})
-    line = p.stderr.readline()  # the first status line: reading the input to train the bpe
-    assert line.startswith(b'counting: '), line
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=10)
-    lines = [l for l in err.decode().splitlines() if l.strip()]
-    assert p.returncode == 130 and 'Traceback' not in err.decode(), err
+    write_jsonl(tmp_path / 'a.jsonl', DOCS * 10)
+    out = tmp_path / 'out'
+    p, marker = start_paused(tmp_path, 'while training the bpe', 'tok', '--input', tmp_path / 'a.jsonl', '--tokenizer_only',
+                             f'--out_dir={out}')
+    try:
+        wait_for(marker.exists, p, what='the bpe training')
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert p.returncode == 130 and 'Traceback' not in err, err
     assert lines[-1] == 'interrupted (SIGINT) while training the bpe: no tokenizer was written', lines
-    assert list(tmp_path.iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- known datasets
-
-class FakeResponse:
-    def __init__(self, data):
-        self.data = data
-
-    def read(self):
-        return self.data
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def test_known_dataset_uses_a_file_already_in_place(tmp_path, monkeypatch):
-    def no_network(*a, **k):
-        raise AssertionError('must not download')
-    monkeypatch.setattr(dataset.urllib.request, 'urlopen', no_network)
-    raw = tmp_path / 'data' / 'shakespeare_char' / 'input.txt'
-    raw.parent.mkdir(parents=True)
-    raw.write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n' * 20)
-    meta = prepare.prepare('shakespeare_char', out_dir=str(tmp_path / 'data'), workers=1)
-    assert meta['tokenizer']['kind'] == 'char' and meta['train_tokens'] + meta['val_tokens'] == len(raw.read_text())
-
-
-@pytest.mark.parametrize('out_dir', ['data', 'x/dl'])
-def test_known_dataset_without_network_or_file(tmp_path, monkeypatch, capsys, out_dir):
-    """The command it suggests must work: with --out_dir when train.py's data_dir is not data/.
-    And no empty folder is left behind."""
-    import urllib.error
-
-    def offline(*a, **k):
-        raise urllib.error.URLError('no network')
-    monkeypatch.setattr(dataset.urllib.request, 'urlopen', offline)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        prepare.prepare('verdict', out_dir=out_dir, workers=1)
-    assert e.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    for w in ('the-verdict.txt', str(Path(out_dir) / 'verdict'), 'no network'):
-        assert w in err
-    hint = 'python prepare.py verdict --input PATH' + ('' if out_dir == 'data' else f' --out_dir {out_dir}')
-    assert err.endswith(hint), err
-    assert list(tmp_path.iterdir()) == []  # no data/verdict/ (or x/dl/verdict/) left empty
-
-
-def test_download_is_checked_by_sha256(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(dataset.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(b'not the verdict'))
-    with pytest.raises(SystemExit):
-        dataset.fetch('verdict', out_dir=str(tmp_path))
-    assert 'sha256' in capsys.readouterr().err
-    assert not (tmp_path / 'verdict').exists()  # nothing saved, not even a folder
-    real = SHARED / 'the-verdict.txt'
-    if not real.exists():
-        pytest.skip('needs ../shared/data/the-verdict.txt for the good download')
-    data = real.read_bytes()
-    assert hashlib.sha256(data).hexdigest() == dataset.KNOWN['verdict']['sha256']
-    monkeypatch.setattr(dataset.urllib.request, 'urlopen', lambda *a, **k: FakeResponse(data))
-    path = dataset.fetch('verdict', out_dir=str(tmp_path))
-    assert Path(path).read_bytes() == data and Path(path).name == 'the-verdict.txt'
+    assert not out.exists() or list(out.iterdir()) == []
