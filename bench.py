@@ -210,10 +210,36 @@ def _memory_now():
         return 0, 0
 
 
-def _step_child(spec):
-    """One training-step benchmark in this (fresh) process; prints its numbers as one JSON line."""
+def _step_memory(step, kind, dev):
+    """Run step() once more and measure it. -> (the step's own bytes, above the weights and optimizer
+    state; the process's peak bytes)."""
     import ctypes
     import ctypes.util
+    import torch
+    # On a GPU torch's allocator counts it; on a CPU the peak RSS of one more step, after telling glibc
+    # to hand freed memory back to the system (trim now, big blocks through mmap) so that RSS follows
+    # what is allocated.
+    if kind == 'cuda':
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        step()
+        step_bytes, peak = torch.cuda.max_memory_allocated(dev) - base, torch.cuda.max_memory_allocated(dev)
+    else:
+        libc = ctypes.CDLL(ctypes.util.find_library('c')) if sys.platform == 'linux' else None
+        if libc is not None:
+            libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KB and more are mmapped, and unmapped when freed
+            libc.malloc_trim(0)
+        base = _memory_now()[0]
+        with open('/proc/self/clear_refs', 'w') if libc is not None else open(os.devnull, 'w') as f:
+            f.write('5')  # reset the peak RSS (VmHWM) to the current RSS
+        step()
+        peak = _memory_now()[1]
+        step_bytes = peak - base if libc is not None else 0
+    return step_bytes, peak
+
+
+def _step_child(spec):
+    """One training-step benchmark in this (fresh) process; prints its numbers as one JSON line."""
     import torch
     from model import GPT, make_config
     dev, dtype = spec['device'], spec.get('dtype', 'float32')
@@ -245,25 +271,7 @@ def _step_child(spec):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    # The step's own memory, above the weights and optimizer state: on a GPU torch's allocator counts it;
-    # on a CPU the peak RSS of one more step, after telling glibc to hand freed memory back to the system
-    # (trim now, big blocks through mmap) so that RSS follows what is allocated.
-    if kind == 'cuda':
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        step()
-        step_bytes, peak = torch.cuda.max_memory_allocated(dev) - base, torch.cuda.max_memory_allocated(dev)
-    else:
-        libc = ctypes.CDLL(ctypes.util.find_library('c')) if sys.platform == 'linux' else None
-        if libc is not None:
-            libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KB and more are mmapped, and unmapped when freed
-            libc.malloc_trim(0)
-        base = _memory_now()[0]
-        with open('/proc/self/clear_refs', 'w') if libc is not None else open(os.devnull, 'w') as f:
-            f.write('5')  # reset the peak RSS (VmHWM) to the current RSS
-        step()
-        peak = _memory_now()[1]
-        step_bytes = peak - base if libc is not None else 0
+    step_bytes, peak = _step_memory(step, kind, dev)
     if spec.get('profile'):  # where the time goes, over 3 more steps: torch.profiler's tables into that file
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                 [torch.profiler.ProfilerActivity.CUDA] if kind == 'cuda' else [])) as prof:
@@ -340,6 +348,58 @@ def bench_sample(args):
 SERVE_SHAPE = dict(arch='gpt2', n_layer=6, n_head=6, n_embd=384, block_size=512)  # ~30M parameters, GPT-2's vocabulary
 
 
+def _start_serve(out_dir, init_from, shape, max_batch, serve_args, tmp):
+    """serve.py in a child process on a free port (a random model of shape saved in tmp when neither
+    out_dir nor init_from is given). -> (the process, its API's URL, the file its stderr goes to)."""
+    import torch
+    from dataclasses import asdict
+    from model import GPT, make_config
+    if not (out_dir or init_from):  # speed does not depend on the weights: a random model of the shape asked for
+        torch.manual_seed(0)
+        cfg = make_config(shape.pop('arch'), vocab_size=50304, **shape)
+        out_dir = tmp
+        torch.save({'model': GPT(cfg).state_dict(), 'model_config': asdict(cfg), 'config': {},
+                    'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}, os.path.join(out_dir, 'ckpt.pt'))
+    cmd = [sys.executable, os.path.join(ROOT, 'serve.py'), f'--out_dir={out_dir}', f'--init_from={init_from}', '--port=0',
+           f'--max_batch={max_batch}', *serve_args]
+    err = open(os.path.join(tmp, 'serve.err'), 'w+')  # read back if it fails
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    for line in server.stdout:  # serve.py prints its URLs once it listens
+        if line.startswith('API:'):
+            return server, line.split()[1], err
+    err.seek(0)
+    die(f"serve.py did not start: {err.read().strip()[-500:]}")
+
+
+async def _stream_completion(client, url, body, ttfts):
+    """One streamed completion; appends its time to first text to ttfts. -> the tokens it generated."""
+    t0, n = time.perf_counter(), 0
+    async with client.stream('POST', url + '/completions', json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith('data: {'):
+                continue
+            event = json.loads(line[6:])
+            if event.get('usage'):
+                n = event['usage']['completion_tokens']
+            elif t0 is not None and event['choices'] and event['choices'][0]['text']:  # the first text
+                ttfts.append(time.perf_counter() - t0)
+                t0 = None
+    return n
+
+
+async def _serve_round(url, body, k, per_client):
+    """k clients at once, each sending per_client requests in turn. -> (tokens, seconds, times to first text)."""
+    import asyncio
+    import httpx
+    ttfts = []
+    async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+        async def user():
+            return sum([await _stream_completion(client, url, body, ttfts) for _ in range(per_client)])
+        t0 = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(user() for _ in range(k))))
+        return tokens, time.perf_counter() - t0, ttfts
+
+
 def bench_serve(args):
     """serve.py itself in a child process (as a user runs it), then rounds of N concurrent streaming
     clients (asyncio + httpx here): each sends --requests completions in turn, --new_tokens each,
@@ -347,13 +407,10 @@ def bench_serve(args):
     first token is from sending a request to its first piece of text; aggregate tokens/s is all
     tokens generated in the round over the round's wall time."""
     import asyncio
-    import torch
-    from dataclasses import asdict
     try:
         import httpx
     except ImportError:
         die("bench.py serve needs httpx (and serve.py fastapi, uvicorn): pip install httpx fastapi uvicorn")
-    from model import GPT, make_config
     out_dir, init_from = take(args, 'out_dir', ''), take(args, 'init_from', '')
     clients, new = take_list(args, 'clients', '1,4,8', int), take(args, 'new_tokens', 64, int)
     per_client, prompt_len = take(args, 'requests', 3, int), take(args, 'prompt_tokens', 16, int)
@@ -363,54 +420,14 @@ def bench_serve(args):
     if args:
         die(f"bench.py serve: unknown {' '.join(args)}")
     tmp = tempfile.TemporaryDirectory()
-    if not (out_dir or init_from):  # speed does not depend on the weights: a random model of the shape asked for
-        torch.manual_seed(0)
-        cfg = make_config(shape.pop('arch'), vocab_size=50304, **shape)
-        out_dir = tmp.name
-        torch.save({'model': GPT(cfg).state_dict(), 'model_config': asdict(cfg), 'config': {},
-                    'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}, os.path.join(out_dir, 'ckpt.pt'))
-    cmd = [sys.executable, os.path.join(ROOT, 'serve.py'), f'--out_dir={out_dir}', f'--init_from={init_from}', '--port=0',
-           f'--max_batch={max(clients)}', *serve_args]
-    err = open(os.path.join(tmp.name, 'serve.err'), 'w+')  # read back if it fails
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-    url = None
-    for line in server.stdout:  # serve.py prints its URLs once it listens
-        if line.startswith('API:'):
-            url = line.split()[1]
-            break
-    if url is None:
-        err.seek(0)
-        die(f"serve.py did not start: {err.read().strip()[-500:]}")
-    prompt = ' '.join(['the'] * prompt_len)  # one GPT-2 token per word
-
-    async def one(client, ttfts):
-        body = {'prompt': prompt, 'max_tokens': new, 'temperature': 1.0, 'stream': True, 'stream_options': {'include_usage': True}}
-        t0, n = time.perf_counter(), 0
-        async with client.stream('POST', url + '/completions', json=body) as r:
-            async for line in r.aiter_lines():
-                if not line.startswith('data: {'):
-                    continue
-                event = json.loads(line[6:])
-                if event.get('usage'):
-                    n = event['usage']['completion_tokens']
-                elif t0 is not None and event['choices'] and event['choices'][0]['text']:  # the first text
-                    ttfts.append(time.perf_counter() - t0)
-                    t0 = None
-        return n
-
-    async def round_of(k):
-        ttfts = []
-        async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
-            async def user():
-                return sum([await one(client, ttfts) for _ in range(per_client)])
-            t0 = time.perf_counter()
-            tokens = sum(await asyncio.gather(*(user() for _ in range(k))))
-            return tokens, time.perf_counter() - t0, ttfts
+    server, url, err = _start_serve(out_dir, init_from, shape, max(clients), serve_args, tmp.name)
+    body = {'prompt': ' '.join(['the'] * prompt_len),  # one GPT-2 token per word
+            'max_tokens': new, 'temperature': 1.0, 'stream': True, 'stream_options': {'include_usage': True}}
     rows = []
     try:
-        asyncio.run(round_of(1))  # warm-up, untimed
+        asyncio.run(_serve_round(url, body, 1, per_client))  # warm-up, untimed
         for k in clients:
-            tokens, dt, ttfts = asyncio.run(round_of(k))
+            tokens, dt, ttfts = asyncio.run(_serve_round(url, body, k, per_client))
             rows.append({'mode': 'serve', 'clients': k, 'requests': k * per_client, 'tokens': tokens,
                          'ttft median ms': round(1000 * statistics.median(ttfts), 1), 'ttft max ms': round(1000 * max(ttfts), 1),
                          'aggregate tokens/s': round(tokens / dt, 1), 'per client tokens/s': round(tokens / dt / k, 1)})
@@ -425,6 +442,8 @@ def bench_serve(args):
         err.close()
         tmp.cleanup()
     return rows
+
+
 # A reply is verse when every line is made of clauses of one length, 5 or 7 characters, each closed
 # by one of these marks (a Tang poem's shape: "床前明月光，疑是地上霜。"), over at least two lines.
 CLAUSE = re.compile(r'[^，。？！；]+[，。？！；]')
@@ -443,12 +462,35 @@ def verse_kind(text):
     return sizes.pop() if len(lines) >= 2 and len(sizes) == 1 and sizes <= {5, 7} else 0
 
 
+def _poem_requests(titles, data_file, cfg):
+    """bench_poems' requests, each a list of messages: one per title in the titles file, or the records
+    finetune_sft.py held out (cfg: the fine-tune's settings)."""
+    import random
+    import chat_data
+    system = cfg.get('sample_system') or ''
+    if titles:
+        if not os.path.isfile(titles):
+            die(f"titles file {titles} not found (one title a line)")
+        with open(titles, encoding='utf-8') as f:
+            names = [line.strip() for line in f if line.strip()]
+        return [([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': POEM_REQUEST.format(t)}]
+                for t in names]
+    # else the held-out records: the split chat.build_cache made, record by record in file order
+    if not data_file or not os.path.isfile(data_file):
+        die(f"the fine-tune's data file {data_file!r} is not here; pass --data_file=tang-poems-chat.jsonl or --titles=FILE")
+    rng, requests = random.Random(cfg.get('seed', 1337)), []
+    for _, messages in chat_data.read_examples(data_file):
+        if rng.random() < cfg.get('val_fraction', 0.05):
+            last = max(i for i, m in enumerate(messages) if m['role'] == 'assistant')
+            requests.append(messages[:last])  # the conversation up to the reply to be written
+    return requests
+
+
 def bench_poems(args):
     """The share of replies to poem requests that are verse ended by <|im_end|>. The requests: the
     records finetune_sft.py held out for its val loss (the checkpoint's data_file, val_fraction and
     seed, so the same split), or --titles=FILE (one title a line) asked as POEM_REQUEST with the
     fine-tune's system prompt. One reply each, sampled as sample.py --chat does."""
-    import random
     import torch
     import chat_data
     import tokenizer
@@ -470,22 +512,7 @@ def bench_poems(args):
         _, im_end = chat_data.chat_ids(tok)
     except ValueError as e:
         die(f"{out_dir}/{ckpt_name} cannot chat: {e}; fine-tune it first (python finetune_sft.py ...)")
-    system = cfg.get('sample_system') or ''
-    if titles:
-        if not os.path.isfile(titles):
-            die(f"titles file {titles} not found (one title a line)")
-        with open(titles, encoding='utf-8') as f:
-            names = [line.strip() for line in f if line.strip()]
-        requests = [([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': POEM_REQUEST.format(t)}]
-                    for t in names]
-    else:  # the held-out records: the split chat.build_cache made, record by record in file order
-        if not data_file or not os.path.isfile(data_file):
-            die(f"the fine-tune's data file {data_file!r} is not here; pass --data_file=tang-poems-chat.jsonl or --titles=FILE")
-        rng, requests = random.Random(cfg.get('seed', 1337)), []
-        for _, messages in chat_data.read_examples(data_file):
-            if rng.random() < cfg.get('val_fraction', 0.05):
-                last = max(i for i, m in enumerate(messages) if m['role'] == 'assistant')
-                requests.append(messages[:last])  # the conversation up to the reply to be written
+    requests = _poem_requests(titles, data_file, cfg)
     requests = requests[:limit] if limit else requests
     if not requests:
         die("no requests: the titles file is empty, or no record was held out")

@@ -176,6 +176,24 @@ def export_gguf(ckpt, path, dtype='float32', name='nanolm', pre=None):
     w = gguf.GGUFWriter(path, arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
+    _add_hparams(w, cfg, arch, hs)
+    ftype = {'float32': 'ALL_F32', 'float16': 'MOSTLY_F16', 'bfloat16': 'MOSTLY_BF16', 'q8_0': 'MOSTLY_Q8_0'}[dtype]
+    w.add_file_type(getattr(gguf.LlamaFileType, ftype))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in vocab.items():
+        if value != []:  # (a tokenizer without merges)
+            w.add_key_value(key, value, _kind(gguf, value))
+    n_params = _add_tensors(gguf, w, tensors, dtype)
+    w.add_size_label(gguf.size_label(n_params, 0, 0, 0))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return len(tensors), arch
+
+
+def _add_hparams(w, cfg, arch, hs):
+    """The model's shape, in the keys llama.cpp reads for this architecture (hs: the head size)."""
     w.add_block_count(cfg.n_layer)
     w.add_context_length(cfg.block_size)
     w.add_embedding_length(cfg.n_embd)
@@ -193,12 +211,10 @@ def export_gguf(ckpt, path, dtype='float32', name='nanolm', pre=None):
         if arch == 'llama':
             w.add_vocab_size(cfg.vocab_size)
             w.add_rope_dimension_count(hs)
-    ftype = {'float32': 'ALL_F32', 'float16': 'MOSTLY_F16', 'bfloat16': 'MOSTLY_BF16', 'q8_0': 'MOSTLY_Q8_0'}[dtype]
-    w.add_file_type(getattr(gguf.LlamaFileType, ftype))
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key, value in vocab.items():
-        if value != []:  # (a tokenizer without merges)
-            w.add_key_value(key, value, _kind(gguf, value))
+
+
+def _add_tensors(gguf, w, tensors, dtype):
+    """Each tensor in dtype (or float32 / float16 where llama.cpp wants them). -> the number of parameters."""
     want = getattr(gguf.GGMLQuantizationType, {'float32': 'F32', 'float16': 'F16', 'bfloat16': 'BF16', 'q8_0': 'Q8_0'}[dtype])
     n_params = 0
     for tname, t in tensors.items():
@@ -213,12 +229,7 @@ def export_gguf(ckpt, path, dtype='float32', name='nanolm', pre=None):
             qtype = gguf.GGMLQuantizationType.F16
             q = gguf.quants.quantize(data, qtype)
         w.add_tensor(tname, q, raw_dtype=qtype)
-    w.add_size_label(gguf.size_label(n_params, 0, 0, 0))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return len(tensors), arch
+    return n_params
 
 
 def _kind(gguf, value):

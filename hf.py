@@ -141,7 +141,27 @@ def config_from_hf(hc, where='config.json'):
         refuse('head_dim', "is not an even number of dimensions (rope needs pairs)")
     if set(hc.get('layer_types') or ['full_attention']) != {'full_attention'}:
         refuse('layer_types', "asks for sliding-window attention")
-    # Rope: transformers 5 writes rope_parameters (with rope_theta in it); older files rope_scaling + rope_theta.
+    rope_theta, scaling = _rope_from_hf(hc, get, refuse)
+    # Qwen2: biases on q, k and v only. Llama: attention_bias puts them on q, k, v and o, mlp_bias on
+    # the MLP; attention biases alone are our qkv_bias (the o_proj bias must then be zero: checked later).
+    # Qwen3: attention_bias (false in every release) as Llama's, and no mlp_bias field.
+    bias = family == 'llama' and bool(hc.get('attention_bias')) and bool(hc.get('mlp_bias'))
+    qkv_bias = family == 'qwen2' or bool(hc.get('attention_bias')) and not bias
+    if family == 'llama' and hc.get('mlp_bias') and not bias:
+        refuse('mlp_bias', "without attention_bias (biases in the MLP only) is not implemented")
+    return ModelConfig(
+        block_size=get('max_position_embeddings'), vocab_size=get('vocab_size'), n_layer=get('num_hidden_layers'),
+        n_head=n_head, n_kv_head=hc.get('num_key_value_heads') or n_head, n_embd=n_embd, head_dim=head_dim,
+        ffn_hidden=get('intermediate_size'), qk_norm=family == 'qwen3',
+        norm='rmsnorm', norm_eps=hc.get('rms_norm_eps', 1e-6), pos_emb='rope',
+        rope_theta=rope_theta, mlp='swiglu', bias=bias,
+        qkv_bias=qkv_bias, tie_embeddings=hc.get('tie_word_embeddings', False), **scaling), family
+
+
+def _rope_from_hf(hc, get, refuse):
+    """An HF config's rope -> (rope_theta, ModelConfig's llama3 scaling fields, {} for none); get and
+    refuse are config_from_hf's (they name the file). Transformers 5 writes rope_parameters (with
+    rope_theta in it); older files rope_scaling + rope_theta."""
     rope_field = 'rope_parameters' if hc.get('rope_parameters') else 'rope_scaling'
     rope = hc.get(rope_field) or {}
     kind = rope.get('rope_type', rope.get('type', 'default'))
@@ -156,20 +176,7 @@ def config_from_hf(hc, where='config.json'):
         scaling = dict(rope_scaling_factor=float(rope['factor']), rope_low_freq_factor=float(rope['low_freq_factor']),
                        rope_high_freq_factor=float(rope['high_freq_factor']),
                        rope_original_max_pos=int(rope.get('original_max_position_embeddings') or get('max_position_embeddings')))
-    # Qwen2: biases on q, k and v only. Llama: attention_bias puts them on q, k, v and o, mlp_bias on
-    # the MLP; attention biases alone are our qkv_bias (the o_proj bias must then be zero: checked later).
-    # Qwen3: attention_bias (false in every release) as Llama's, and no mlp_bias field.
-    bias = family == 'llama' and bool(hc.get('attention_bias')) and bool(hc.get('mlp_bias'))
-    qkv_bias = family == 'qwen2' or bool(hc.get('attention_bias')) and not bias
-    if family == 'llama' and hc.get('mlp_bias') and not bias:
-        refuse('mlp_bias', "without attention_bias (biases in the MLP only) is not implemented")
-    return ModelConfig(
-        block_size=get('max_position_embeddings'), vocab_size=get('vocab_size'), n_layer=get('num_hidden_layers'),
-        n_head=n_head, n_kv_head=hc.get('num_key_value_heads') or n_head, n_embd=n_embd, head_dim=head_dim,
-        ffn_hidden=get('intermediate_size'), qk_norm=family == 'qwen3',
-        norm='rmsnorm', norm_eps=hc.get('rms_norm_eps', 1e-6), pos_emb='rope',
-        rope_theta=float(rope.get('rope_theta', hc.get('rope_theta', 10000.0))), mlp='swiglu', bias=bias,
-        qkv_bias=qkv_bias, tie_embeddings=hc.get('tie_word_embeddings', False), **scaling), family
+    return float(rope.get('rope_theta', hc.get('rope_theta', 10000.0))), scaling
 
 
 def family_of(cfg):
@@ -517,35 +524,54 @@ def _merges(ranks):
     return out
 
 
+def _sp_tokenizer_files(spec, cfg):
+    """tokenizer_files for a SentencePiece-style spec: its tokenizer.json as it was read (with tokens
+    added since), and a tokenizer_config.json."""
+    tok = tokenizer.load(spec)
+    if tok.n_vocab > cfg.vocab_size:
+        raise ValueError(f"the tokenizer (ids up to {tok.n_vocab - 1}) does not fit the model (vocab_size={cfg.vocab_size})")
+    bos = spec.get('bos')
+    # the generic class: it runs tokenizer.json as written (LlamaTokenizerFast would rebuild its
+    # normalizer from its own 'legacy' setting)
+    tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
+          'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
+          'add_bos_token': bool(bos), 'add_eos_token': False,
+          'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
+          'added_tokens_decoder': {str(i): {'content': s, 'special': True, 'normalized': False, 'lstrip': False,
+                                            'rstrip': False, 'single_word': False}
+                                   for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}
+    if spec.get('chat_template'):
+        tc['chat_template'] = spec['chat_template']
+    text = spec['json']
+    if spec.get('special'):  # tokens added after the file (finetune_sft.py's chat tokens): into the file
+        tj = json.loads(text)
+        tj['added_tokens'] = tj.get('added_tokens') or []
+        tj['added_tokens'] += [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                                'normalized': False, 'special': True} for s, i in sorted(spec['special'].items(), key=lambda x: x[1])]
+        text = json.dumps(tj, ensure_ascii=False)
+    if '<|im_start|>' in tok.special and '<|im_end|>' in tok.special and not spec.get('chat_template'):
+        tc['chat_template'] = CHAT_TEMPLATE  # an SFT checkpoint: our ChatML template
+    return {'tokenizer.json': text, 'tokenizer_config.json': json.dumps(tc, indent=2)}, tok.eot, tok.bos
+
+
+def _pre_tokenizer(pat, byte_level):
+    """Our split pattern -> tokenizer.json's pre_tokenizer: GPT-2's split is the byte-level step's own,
+    DIGITS_PAT adds digits one by one before it, any other pattern is a Split before a byte-level
+    step without a regex of its own."""
+    if pat == GPT2_PAT:
+        return byte_level
+    if pat == DIGITS_PAT:
+        return {'type': 'Sequence', 'pretokenizers': [{'type': 'Digits', 'individual_digits': True}, byte_level]}
+    return {'type': 'Sequence', 'pretokenizers': [
+        {'type': 'Split', 'pattern': {'Regex': pat}, 'behavior': 'Isolated', 'invert': False},
+        {**byte_level, 'use_regex': False}]}
+
+
 def tokenizer_files(spec, cfg):
     """A tokenizer spec -> ({file name: text} for an HF folder, eot id, bos id)."""
     special, normalize = dict(spec.get('special', {})), spec.get('normalize')
     if spec.get('kind') == 'sp':  # SentencePiece-style: its tokenizer.json, as it was read
-        tok = tokenizer.load(spec)
-        if tok.n_vocab > cfg.vocab_size:
-            raise ValueError(f"the tokenizer (ids up to {tok.n_vocab - 1}) does not fit the model (vocab_size={cfg.vocab_size})")
-        bos = spec.get('bos')
-        # the generic class: it runs tokenizer.json as written (LlamaTokenizerFast would rebuild its
-        # normalizer from its own 'legacy' setting)
-        tc = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': cfg.block_size,
-              'clean_up_tokenization_spaces': False, 'eos_token': spec['eot'], 'bos_token': bos,
-              'add_bos_token': bool(bos), 'add_eos_token': False,
-              'unk_token': json.loads(spec['json']).get('model', {}).get('unk_token'),
-              'added_tokens_decoder': {str(i): {'content': s, 'special': True, 'normalized': False, 'lstrip': False,
-                                                'rstrip': False, 'single_word': False}
-                                       for s, i in sorted(tok.special.items(), key=lambda x: x[1])}}
-        if spec.get('chat_template'):
-            tc['chat_template'] = spec['chat_template']
-        text = spec['json']
-        if spec.get('special'):  # tokens added after the file (finetune_sft.py's chat tokens): into the file
-            tj = json.loads(text)
-            tj['added_tokens'] = tj.get('added_tokens') or []
-            tj['added_tokens'] += [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
-                                    'normalized': False, 'special': True} for s, i in sorted(spec['special'].items(), key=lambda x: x[1])]
-            text = json.dumps(tj, ensure_ascii=False)
-        if '<|im_start|>' in tok.special and '<|im_end|>' in tok.special and not spec.get('chat_template'):
-            tc['chat_template'] = CHAT_TEMPLATE  # an SFT checkpoint: our ChatML template
-        return {'tokenizer.json': text, 'tokenizer_config.json': json.dumps(tc, indent=2)}, tok.eot, tok.bos
+        return _sp_tokenizer_files(spec, cfg)
     if spec.get('kind') == 'tiktoken' and spec.get('name') == 'gpt2':
         enc = tokenizer.load({'kind': 'tiktoken', 'name': 'gpt2'}).enc
         ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
@@ -567,14 +593,7 @@ def tokenizer_files(spec, cfg):
     vocab = {text(b): i for b, i in sorted(ranks.items(), key=lambda x: x[1])}
     merges = [f'{text(a)} {text(b)}' for a, b in _merges(ranks)]
     byte_level = {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True, 'use_regex': True}
-    if pat == GPT2_PAT:
-        pre = byte_level
-    elif pat == DIGITS_PAT:
-        pre = {'type': 'Sequence', 'pretokenizers': [{'type': 'Digits', 'individual_digits': True}, byte_level]}
-    else:
-        pre = {'type': 'Sequence', 'pretokenizers': [
-            {'type': 'Split', 'pattern': {'Regex': pat}, 'behavior': 'Isolated', 'invert': False},
-            {**byte_level, 'use_regex': False}]}
+    pre = _pre_tokenizer(pat, byte_level)
     added = [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False, 'normalized': False,
               'special': True} for s, i in sorted(special.items(), key=lambda x: x[1])]
     tj = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': added,

@@ -318,38 +318,176 @@ def stop_text(text, stops):
     return -1, hold
 
 
+def check_chat_body(body, tok, block, defaults, default_system, im_end, no_chat):
+    """A /v1/chat/completions body checked -> (the prompt's token ids in the chat template, sampling opts), or ApiError."""
+    if im_end is None:
+        raise ApiError(400, f"this model cannot chat: {no_chat}; fine-tune it (finetune_sft.py) or use /v1/completions",
+                       code='model_cannot_chat')
+    messages = chat_messages(body, default_system)
+    opts = sampling(body, block, defaults)
+    room = min(opts['max_tokens'], block // 2)  # as sample.py --chat: tokens kept free for the reply
+    try:
+        ids, _ = fit_history(tok, messages, block - room)
+    except ValueError as e:  # a char vocabulary without some character
+        raise ApiError(400, f"messages: {e}", 'messages', 'invalid_value')
+    if len(ids) >= block:
+        raise ApiError(400, f"the last message takes {len(ids)} tokens in the chat template; this model's context is "
+                            f"{block}: shorten it", 'messages', 'context_length_exceeded')
+    return ids, opts
+
+
+def check_completion_body(body, tok, block, defaults):
+    """A /v1/completions body checked -> (the prompt's token ids, cut to fit, sampling opts), or ApiError."""
+    prompt = body.get('prompt')
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "'prompt' must be a string", 'prompt', 'missing_required_parameter' if prompt is None else 'invalid_type')
+    opts = sampling(body, block, defaults)
+    try:
+        ids = ([tok.bos] if tok.bos is not None else []) + tok.encode(prompt)  # as sample.py: BOS first where
+        ids = ids or [tok.eot]  # the tokenizer adds one (Llama); '' starts from end-of-text, as sample.py --start=''
+    except ValueError as e:
+        raise ApiError(400, f"prompt: {e}", 'prompt', 'invalid_value')
+    ids = ids[-(block - min(opts['max_tokens'], block // 2)):]  # too long: cut from the left
+    return ids, opts
+
+
+# ----------------------------------------------------------------------------- a request's reply
+
+def start(engine, ids, max_new, stop_ids, opts):
+    """Queue a sequence on the engine. -> (its Seq, an asyncio.Queue of its events)."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+    def post(event):
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the server is going down
+            pass
+    gen = torch.Generator(engine.env.device)
+    gen.manual_seed(opts['seed'] % (1 << 63) if opts['seed'] is not None else int.from_bytes(os.urandom(8), 'little') >> 1)
+    s = Seq(ids, max_new, stop_ids, opts['temperature'], opts['top_k'], opts['top_p'], gen, post)
+    if engine.failed:
+        raise ApiError(503, f"generation failed and stopped ({engine.failed}); restart serve.py", kind='server_error',
+                       code='engine_failed')
+    if not engine.submit(s):
+        raise ApiError(429, f"the server is busy ({engine.max_queue} requests waiting); retry in a moment",
+                       code='queue_full', kind='rate_limit_error', headers={'Retry-After': '1'})
+    return s, events
+
+
+async def pieces(tok, s, events, stops, request):
+    """The reply's text as it comes: yields (text, None) pieces, then ('', finish_reason). Stop
+    strings cut it (and end the sequence); a client that went away cancels it."""
+    feed, text, sent, finish = tokenizer.text_decoder(tok), '', 0, None
+    checked = time.monotonic()
+    try:
+        while finish is None:
+            if time.monotonic() - checked > 0.25:  # a stream's client going away cancels this coroutine;
+                checked = time.monotonic()          # a plain request's must be asked now and then
+                if await request.is_disconnected():
+                    return
+            try:
+                kind, value = await asyncio.wait_for(events.get(), timeout=0.25)
+            except asyncio.TimeoutError:  # still queued, or a slow step
+                continue
+            if kind == 'error':
+                raise ApiError(500, value, kind='server_error')
+            if kind == 'token':
+                s.n_text += 1
+                text += feed(value)
+            else:
+                text, finish = text + feed(), value
+            at, hold = stop_text(text, stops)
+            if at >= 0:
+                text, finish = text[:at], 'stop'
+            elif finish is None:
+                text_now = text[:len(text) - hold]
+                if len(text_now) > sent:
+                    yield text_now[sent:], None
+                    sent = len(text_now)
+                continue
+            if len(text) > sent:
+                yield text[sent:], None
+                sent = len(text)
+        yield '', finish
+    finally:
+        s.cancelled = True  # done, stopped by a stop string, or the client is gone: its row leaves the batch
+
+
+def envelope(kind, chat_reply, name):
+    return {'id': f"{'chatcmpl' if chat_reply else 'cmpl'}-{uuid.uuid4().hex[:24]}", 'object': kind,
+            'created': int(time.time()), 'model': name}
+
+
+def usage(s):
+    n = s.n_text
+    return {'prompt_tokens': len(s.ids), 'completion_tokens': n, 'total_tokens': len(s.ids) + n}
+
+
+async def respond(request, tok, name, s, events, opts, chat_reply):
+    """The whole reply as one JSON object, or (stream) a StreamingResponse of server-sent events."""
+    if not opts['stream']:
+        text, finish = '', None
+        async for piece, end in pieces(tok, s, events, opts['stop'], request):
+            text, finish = text + piece, end or finish
+        choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish}
+                  if chat_reply else {'index': 0, 'text': text, 'logprobs': None, 'finish_reason': finish})
+        return {**envelope('chat.completion' if chat_reply else 'text_completion', chat_reply, name),
+                'choices': [choice], 'usage': usage(s)}
+    from fastapi.responses import StreamingResponse
+    head = envelope('chat.completion.chunk' if chat_reply else 'text_completion', chat_reply, name)
+    return StreamingResponse(sse(tok, s, events, opts, chat_reply, head, request), media_type='text/event-stream',
+                             headers={'Cache-Control': 'no-cache'})
+
+
+def sse_chunk(head, text, finish, chat_reply, first=False):
+    """One server-sent event of a streamed reply: a chat delta (the first one carries the role) or a completion's text."""
+    if chat_reply:
+        delta = {'role': 'assistant', 'content': text} if first else ({'content': text} if text or not finish else {})
+        choice = {'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}
+    else:
+        choice = {'index': 0, 'text': text, 'logprobs': None, 'finish_reason': finish}
+    return f"data: {json.dumps({**head, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+
+async def sse(tok, s, events, opts, chat_reply, head, request):
+    """A streamed reply's events, ending with [DONE] (after the usage chunk, if the request asked for it)."""
+    try:
+        if chat_reply:
+            yield sse_chunk(head, '', None, chat_reply, first=True)
+        async for piece, end in pieces(tok, s, events, opts['stop'], request):
+            yield sse_chunk(head, piece, end, chat_reply)
+        if opts['usage_chunk']:
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(s)})}\n\n"
+    except ApiError as e:  # the status line has gone out already: the error travels as an event
+        yield f"data: {json.dumps(error_body(e.message, e.kind, e.param, e.code))}\n\n"
+    yield 'data: [DONE]\n\n'
+
+
 # ----------------------------------------------------------------------------- the app
 
-def make_app(engine, tok, name, default_system='', key='', defaults=None, body_limit=1_000_000):
-    """The FastAPI app around an Engine (started and stopped with the app). tests/test_serve.py builds
-    one in-process; __main__ below runs it under uvicorn."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+def engine_lifespan(engine):
+    """FastAPI's lifespan: the engine's thread runs while the app does."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def run(app):
+        if not engine.thread.is_alive():
+            engine.thread.start()
+        yield
+        engine.stop()
+    return run
+
+
+def fail(status, message, kind='invalid_request_error', param=None, code=None, headers=None):
+    from fastapi.responses import JSONResponse
+    return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
+
+
+def add_error_handlers(app):
+    """Every error, ours or the framework's, answered in OpenAI's shape."""
     from starlette.exceptions import HTTPException
-
-    defaults = {'temperature': 0.8, 'top_k': 200, 'top_p': 1.0, 'max_tokens': 200, **(defaults or {})}
-    block = engine.model.cfg.block_size
-    created = int(time.time())
-    try:
-        _, im_end = chat_ids(tok)
-    except ValueError as e:
-        im_end, no_chat = None, str(e)
-
-    def lifespan(app):
-        import contextlib
-
-        @contextlib.asynccontextmanager
-        async def run():
-            if not engine.thread.is_alive():
-                engine.thread.start()
-            yield
-            engine.stop()
-        return run()
-
-    app = FastAPI(title='nanolm', lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    def fail(status, message, kind='invalid_request_error', param=None, code=None, headers=None):
-        return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e):
@@ -363,6 +501,8 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
     async def bug(request, e):
         return fail(500, f"server error: {type(e).__name__}: {e}", 'server_error')
 
+
+def add_guard(app, key, body_limit):
     @app.middleware('http')
     async def guard(request, call_next):
         """The API key (the page itself, a static file, is open: it asks for the key) and the body limit."""
@@ -377,119 +517,42 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
             return fail(413, f"the request body is {int(size):,} bytes; at most {body_limit:,} are accepted", code='body_too_large')
         return await call_next(request)
 
-    async def read_json(request):
-        size, parts = 0, []
-        async for chunk in request.stream():  # also a body sent without a Content-Length
-            size += len(chunk)
-            if size > body_limit:
-                raise ApiError(413, f"the request body is over {body_limit:,} bytes", code='body_too_large')
-            parts.append(chunk)
-        try:
-            body = json.loads(b''.join(parts))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON ({e})", code='invalid_json')
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object", code='invalid_json')
-        return body
 
-    def start(ids, max_new, stop_ids, opts):
-        """Queue a sequence. -> (its Seq, an asyncio.Queue of its events)."""
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+async def read_json(request, body_limit):
+    """The body as a JSON object, or ApiError; the limit holds also for a body sent without a Content-Length."""
+    size, parts = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > body_limit:
+            raise ApiError(413, f"the request body is over {body_limit:,} bytes", code='body_too_large')
+        parts.append(chunk)
+    try:
+        body = json.loads(b''.join(parts))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the body is not valid JSON ({e})", code='invalid_json')
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code='invalid_json')
+    return body
 
-        def post(event):
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is closed: the server is going down
-                pass
-        gen = torch.Generator(engine.env.device)
-        gen.manual_seed(opts['seed'] % (1 << 63) if opts['seed'] is not None else int.from_bytes(os.urandom(8), 'little') >> 1)
-        s = Seq(ids, max_new, stop_ids, opts['temperature'], opts['top_k'], opts['top_p'], gen, post)
-        if engine.failed:
-            raise ApiError(503, f"generation failed and stopped ({engine.failed}); restart serve.py", kind='server_error',
-                           code='engine_failed')
-        if not engine.submit(s):
-            raise ApiError(429, f"the server is busy ({engine.max_queue} requests waiting); retry in a moment",
-                           code='queue_full', kind='rate_limit_error', headers={'Retry-After': '1'})
-        return s, events
 
-    async def pieces(s, events, stops, request):
-        """The reply's text as it comes: yields (text, None) pieces, then ('', finish_reason). Stop
-        strings cut it (and end the sequence); a client that went away cancels it."""
-        feed, text, sent, finish = tokenizer.text_decoder(tok), '', 0, None
-        checked = time.monotonic()
-        try:
-            while finish is None:
-                if time.monotonic() - checked > 0.25:  # a stream's client going away cancels this coroutine;
-                    checked = time.monotonic()          # a plain request's must be asked now and then
-                    if await request.is_disconnected():
-                        return
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=0.25)
-                except asyncio.TimeoutError:  # still queued, or a slow step
-                    continue
-                if kind == 'error':
-                    raise ApiError(500, value, kind='server_error')
-                if kind == 'token':
-                    s.n_text += 1
-                    text += feed(value)
-                else:
-                    text, finish = text + feed(), value
-                at, hold = stop_text(text, stops)
-                if at >= 0:
-                    text, finish = text[:at], 'stop'
-                elif finish is None:
-                    text_now = text[:len(text) - hold]
-                    if len(text_now) > sent:
-                        yield text_now[sent:], None
-                        sent = len(text_now)
-                    continue
-                if len(text) > sent:
-                    yield text[sent:], None
-                    sent = len(text)
-            yield '', finish
-        finally:
-            s.cancelled = True  # done, stopped by a stop string, or the client is gone: its row leaves the batch
+def make_app(engine, tok, name, default_system='', key='', defaults=None, body_limit=1_000_000):
+    """The FastAPI app around an Engine (started and stopped with the app). tests/test_serve.py builds
+    one in-process; __main__ below runs it under uvicorn."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse
 
-    def envelope(kind, chat_reply):
-        return {'id': f"{'chatcmpl' if chat_reply else 'cmpl'}-{uuid.uuid4().hex[:24]}", 'object': kind,
-                'created': int(time.time()), 'model': name}
+    defaults = {'temperature': 0.8, 'top_k': 200, 'top_p': 1.0, 'max_tokens': 200, **(defaults or {})}
+    block = engine.model.cfg.block_size
+    created = int(time.time())
+    try:
+        _, im_end = chat_ids(tok)
+        no_chat = None
+    except ValueError as e:
+        im_end, no_chat = None, str(e)
 
-    def usage(s):
-        n = s.n_text
-        return {'prompt_tokens': len(s.ids), 'completion_tokens': n, 'total_tokens': len(s.ids) + n}
-
-    async def respond(request, s, events, opts, chat_reply):
-        if not opts['stream']:
-            text, finish = '', None
-            async for piece, end in pieces(s, events, opts['stop'], request):
-                text, finish = text + piece, end or finish
-            choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish}
-                      if chat_reply else {'index': 0, 'text': text, 'logprobs': None, 'finish_reason': finish})
-            return {**envelope('chat.completion' if chat_reply else 'text_completion', chat_reply),
-                    'choices': [choice], 'usage': usage(s)}
-
-        head = envelope('chat.completion.chunk' if chat_reply else 'text_completion', chat_reply)
-
-        def chunk(text, finish, first=False):
-            if chat_reply:
-                delta = {'role': 'assistant', 'content': text} if first else ({'content': text} if text or not finish else {})
-                choice = {'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}
-            else:
-                choice = {'index': 0, 'text': text, 'logprobs': None, 'finish_reason': finish}
-            return f"data: {json.dumps({**head, 'choices': [choice]}, ensure_ascii=False)}\n\n"
-
-        async def sse():
-            try:
-                if chat_reply:
-                    yield chunk('', None, first=True)
-                async for piece, end in pieces(s, events, opts['stop'], request):
-                    yield chunk(piece, end)
-                if opts['usage_chunk']:
-                    yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(s)})}\n\n"
-            except ApiError as e:  # the status line has gone out already: the error travels as an event
-                yield f"data: {json.dumps(error_body(e.message, e.kind, e.param, e.code))}\n\n"
-            yield 'data: [DONE]\n\n'
-        return StreamingResponse(sse(), media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
+    app = FastAPI(title='nanolm', lifespan=engine_lifespan(engine), docs_url=None, redoc_url=None, openapi_url=None)
+    add_error_handlers(app)
+    add_guard(app, key, body_limit)
 
     @app.get('/', response_class=HTMLResponse)
     async def page():
@@ -509,40 +572,17 @@ def make_app(engine, tok, name, default_system='', key='', defaults=None, body_l
 
     @app.post('/v1/chat/completions')
     async def chat_completions(request: Request):
-        body = await read_json(request)
-        if im_end is None:
-            raise ApiError(400, f"this model cannot chat: {no_chat}; fine-tune it (finetune_sft.py) or use /v1/completions",
-                           code='model_cannot_chat')
-        messages = chat_messages(body, default_system)
-        opts = sampling(body, block, defaults)
-        room = min(opts['max_tokens'], block // 2)  # as sample.py --chat: tokens kept free for the reply
-        try:
-            ids, _ = fit_history(tok, messages, block - room)
-        except ValueError as e:  # a char vocabulary without some character
-            raise ApiError(400, f"messages: {e}", 'messages', 'invalid_value')
-        if len(ids) >= block:
-            raise ApiError(400, f"the last message takes {len(ids)} tokens in the chat template; this model's context is "
-                                f"{block}: shorten it", 'messages', 'context_length_exceeded')
-        s, events = start(ids, min(opts['max_tokens'], block - len(ids)), {im_end, tok.eot}, opts)
-        return await respond(request, s, events, opts, chat_reply=True)
+        body = await read_json(request, body_limit)
+        ids, opts = check_chat_body(body, tok, block, defaults, default_system, im_end, no_chat)
+        s, events = start(engine, ids, min(opts['max_tokens'], block - len(ids)), {im_end, tok.eot}, opts)
+        return await respond(request, tok, name, s, events, opts, chat_reply=True)
 
     @app.post('/v1/completions')
     async def completions(request: Request):
-        body = await read_json(request)
-        prompt = body.get('prompt')
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "'prompt' must be a string", 'prompt', 'missing_required_parameter' if prompt is None else 'invalid_type')
-        opts = sampling(body, block, defaults)
-        try:
-            ids = ([tok.bos] if tok.bos is not None else []) + tok.encode(prompt)  # as sample.py: BOS first where
-            ids = ids or [tok.eot]  # the tokenizer adds one (Llama); '' starts from end-of-text, as sample.py --start=''
-        except ValueError as e:
-            raise ApiError(400, f"prompt: {e}", 'prompt', 'invalid_value')
-        ids = ids[-(block - min(opts['max_tokens'], block // 2)):]  # too long: cut from the left
-        s, events = start(ids, min(opts['max_tokens'], block - len(ids)), {tok.eot}, opts)
-        return await respond(request, s, events, opts, chat_reply=False)
+        body = await read_json(request, body_limit)
+        ids, opts = check_completion_body(body, tok, block, defaults)
+        s, events = start(engine, ids, min(opts['max_tokens'], block - len(ids)), {tok.eot}, opts)
+        return await respond(request, tok, name, s, events, opts, chat_reply=False)
 
     return app
 

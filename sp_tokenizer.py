@@ -136,20 +136,17 @@ def _decoder(node):
     return decode
 
 
-def load(spec):
-    """An 'sp' spec -> tok with encode / encode_special / decode / n_vocab / eot / special / bos."""
-    try:
-        tj = json.loads(spec['json'])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"sp tokenizer spec: its 'json' is not the text of a tokenizer.json ({e})") from None
-    m = tj.get('model') or {}
+def _bpe_model(m):
+    """tokenizer.json's model -> a plain record of what encoding needs: vocab (piece -> id), merges
+    ((left id, right id) -> (rank, id of the merged piece); rank = place in the list), byte_ids
+    (the ids of <0x00>..<0xFF>, or None without byte fallback), unk, fuse_unk, ignore_merges."""
     if m.get('type') != 'BPE':
         _fail('model.type', m.get('type'), 'is not supported (BPE only: not Unigram, WordPiece, WordLevel)')
     for key in ('continuing_subword_prefix', 'end_of_word_suffix', 'dropout'):
         if m.get(key):
             _fail(f'model.{key}', m[key], 'is not supported')
-    vocab = m['vocab']  # piece -> id
-    merges = {}  # (left id, right id) -> (rank, id of the merged piece); rank = place in the list
+    vocab = m['vocab']
+    merges = {}
     for rank, pair in enumerate(m.get('merges', [])):
         a, b = pair.split(' ', 1) if isinstance(pair, str) else pair
         if a not in vocab or b not in vocab or a + b not in vocab:
@@ -161,7 +158,12 @@ def load(spec):
         if None in byte_ids:
             _fail('model.byte_fallback', True, f'but the vocab lacks <0x{byte_ids.index(None):02X}>')
     unk = vocab.get(m.get('unk_token')) if m.get('unk_token') else None
-    fuse_unk, ignore_merges = bool(m.get('fuse_unk')), bool(m.get('ignore_merges'))
+    return SimpleNamespace(vocab=vocab, merges=merges, byte_ids=byte_ids, unk=unk,
+                           fuse_unk=bool(m.get('fuse_unk')), ignore_merges=bool(m.get('ignore_merges')))
+
+
+def _added_tokens(tj, spec, vocab):
+    """-> {content: id} of the file's added_tokens and the spec's 'special' ones."""
     added = {}
     for a in tj.get('added_tokens') or []:
         for key in ('lstrip', 'rstrip', 'single_word', 'normalized'):
@@ -172,66 +174,64 @@ def load(spec):
     if any(not isinstance(i, int) or i in added.values() or i < len(vocab) for i in extra.values()):
         raise ValueError(f"sp tokenizer spec: 'special' must give new tokens ids of their own above the vocab: {str(extra)[:80]}")
     added.update(extra)
-    normalize = _normalizer(tj.get('normalizer'))
-    scheme, split = _metaspace(tj.get('pre_tokenizer'))
-    decode_chain = _decoder(tj.get('decoder'))
-    pieces = {i: s for s, i in vocab.items()}
-    pieces.update({i: s for s, i in added.items()})
-    n_vocab = max(pieces) + 1
-    eot = spec.get('eot', '</s>')
-    if eot not in added:
-        raise ValueError(f"sp tokenizer spec: its end-of-text token {eot!r} is not one of its added tokens")
+    return added
 
+
+def _symbols(word, m):
+    """A word -> the ids of its characters (unknown ones as bytes, or unk)."""
+    vocab, byte_ids, ids, last_unk = m.vocab, m.byte_ids, [], False
+    for ch in word:
+        i = vocab.get(ch)
+        if i is not None:
+            ids.append(i)
+        elif byte_ids is not None:
+            ids += [byte_ids[b] for b in ch.encode('utf-8')]
+        elif m.unk is None:
+            raise ValueError(f"sp tokenizer: character {ch!r} is not in the vocab and there is no unk_token")
+        elif not (m.fuse_unk and last_unk):
+            ids.append(m.unk)
+        last_unk = i is None and byte_ids is None
+    return ids
+
+
+def _bpe(word, m):
+    """Merge the lowest-ranked adjacent pair until none is left (ties: leftmost first), with a
+    linked list over the symbols and a heap of candidate merges, checked when popped."""
+    if m.ignore_merges and word in m.vocab:
+        return [m.vocab[word]]
+    merges = m.merges
+    sym = _symbols(word, m)
+    n = len(sym)
+    nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+    heap = [(merges[p][0], k, merges[p][1]) for k, p in enumerate(zip(sym, sym[1:])) if p in merges]
+    heapq.heapify(heap)
+    while heap:
+        _, k, new = heapq.heappop(heap)
+        j = nxt[k]
+        if sym[k] is None or j >= n or merges.get((sym[k], sym[j]), (0, None))[1] != new:
+            continue  # stale: one of the two was merged away since this was pushed
+        sym[k], sym[j] = new, None
+        nxt[k] = nxt[j]
+        if nxt[k] < n:
+            prv[nxt[k]] = k
+        for a, b in ((prv[k], k), (k, nxt[k])):
+            if a >= 0 and b < n and (sym[a], sym[b]) in merges:
+                r, t = merges[sym[a], sym[b]]
+                heapq.heappush(heap, (r, a, t))
+    return [s for s in sym if s is not None]
+
+
+def _segment_encoder(m, normalize, scheme, split):
+    """-> encode_segment(seg, at_start) for one stretch of text between added tokens: normalize,
+    put '▁' for spaces, then BPE word by word."""
     # Where the text may be cut into independent words: before a '▁' that no merged piece joins to
     # the character before it. No merge can cross such a cut, so BPE on the words one by one gives
     # what it gives on the whole text, and words repeat, so a cache makes encoding fast.
-    joined = {(s[k], s[k + 1]) for s in vocab for k in range(len(s) - 1)}
+    joined = {(s[k], s[k + 1]) for s in m.vocab for k in range(len(s) - 1)}
     cut = re.compile(f'(?<=[^{SPACE}])(?={SPACE})')  # before the first '▁' of a run
     cache = {}
 
-    def symbols(word):
-        """A word -> the ids of its characters (unknown ones as bytes, or unk)."""
-        ids, last_unk = [], False
-        for ch in word:
-            i = vocab.get(ch)
-            if i is not None:
-                ids.append(i)
-            elif byte_ids is not None:
-                ids += [byte_ids[b] for b in ch.encode('utf-8')]
-            elif unk is None:
-                raise ValueError(f"sp tokenizer: character {ch!r} is not in the vocab and there is no unk_token")
-            elif not (fuse_unk and last_unk):
-                ids.append(unk)
-            last_unk = i is None and byte_ids is None
-        return ids
-
-    def bpe(word):
-        """Merge the lowest-ranked adjacent pair until none is left (ties: leftmost first), with a
-        linked list over the symbols and a heap of candidate merges, checked when popped."""
-        if ignore_merges and word in vocab:
-            return [vocab[word]]
-        sym = symbols(word)
-        n = len(sym)
-        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
-        heap = [(merges[p][0], k, merges[p][1]) for k, p in enumerate(zip(sym, sym[1:])) if p in merges]
-        heapq.heapify(heap)
-        while heap:
-            _, k, new = heapq.heappop(heap)
-            j = nxt[k]
-            if sym[k] is None or j >= n or merges.get((sym[k], sym[j]), (0, None))[1] != new:
-                continue  # stale: one of the two was merged away since this was pushed
-            sym[k], sym[j] = new, None
-            nxt[k] = nxt[j]
-            if nxt[k] < n:
-                prv[nxt[k]] = k
-            for a, b in ((prv[k], k), (k, nxt[k])):
-                if a >= 0 and b < n and (sym[a], sym[b]) in merges:
-                    r, t = merges[sym[a], sym[b]]
-                    heapq.heappush(heap, (r, a, t))
-        return [s for s in sym if s is not None]
-
     def encode_segment(seg, at_start):
-        """One stretch of text between added tokens: normalize, put '▁' for spaces, then BPE."""
         seg = normalize(seg)
         if not seg:  # nothing to put a '▁' before
             return []
@@ -252,14 +252,34 @@ def load(spec):
         for w in words:
             got = cache.get(w)
             if got is None:
-                got = bpe(w)
+                got = _bpe(w, m)
                 if len(w) < 64:
                     if len(cache) > 200_000:
                         cache.clear()
                     cache[w] = got
             ids += got
         return ids
+    return encode_segment
 
+
+def load(spec):
+    """An 'sp' spec -> tok with encode / encode_special / decode / n_vocab / eot / special / bos."""
+    try:
+        tj = json.loads(spec['json'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"sp tokenizer spec: its 'json' is not the text of a tokenizer.json ({e})") from None
+    m = _bpe_model(tj.get('model') or {})
+    added = _added_tokens(tj, spec, m.vocab)
+    normalize = _normalizer(tj.get('normalizer'))
+    scheme, split = _metaspace(tj.get('pre_tokenizer'))
+    decode_chain = _decoder(tj.get('decoder'))
+    pieces = {i: s for s, i in m.vocab.items()}
+    pieces.update({i: s for s, i in added.items()})
+    n_vocab = max(pieces) + 1
+    eot = spec.get('eot', '</s>')
+    if eot not in added:
+        raise ValueError(f"sp tokenizer spec: its end-of-text token {eot!r} is not one of its added tokens")
+    encode_segment = _segment_encoder(m, normalize, scheme, split)
     special_re = re.compile('|'.join(re.escape(s) for s in sorted(added, key=len, reverse=True))) if added else None
 
     def encode_special(text):
@@ -276,7 +296,7 @@ def load(spec):
     def token_bytes(i):
         """One token's bytes, as it reads in the middle of a text (sample.py streams with it)."""
         s = pieces.get(i, '')
-        if byte_ids is not None and len(s) == 6 and s.startswith('<0x') and s.endswith('>'):
+        if m.byte_ids is not None and len(s) == 6 and s.startswith('<0x') and s.endswith('>'):
             return bytes([int(s[3:5], 16)])
         return s.replace(SPACE, ' ').encode('utf-8')
 

@@ -1,5 +1,6 @@
 """The shape the code promises (../shared/STYLE.md and the README's file table): no import cycle between our modules,
-tokenizer.py a library that imports nothing of ours, no function longer than ~60 lines."""
+tokenizer.py a library that imports nothing of ours but sp_tokenizer.py (which imports nothing of ours),
+no function longer than ~60 lines."""
 import ast
 
 from conftest import ROOT
@@ -20,7 +21,9 @@ def imports_of(path):
 
 def test_no_import_cycle():
     graph = {name: imports_of(ROOT / f'{name}.py') for name in OURS}
-    assert graph['tokenizer'] == set(), graph['tokenizer']
+    # tokenizer.py may lean on sp_tokenizer.py (the SentencePiece-style reader beside it), and that one on nothing of ours.
+    assert graph['tokenizer'] <= {'sp_tokenizer'}, graph['tokenizer']
+    assert graph['sp_tokenizer'] == set(), graph['sp_tokenizer']
 
     def reach(start):
         seen, todo = set(), [start]
