@@ -136,6 +136,13 @@ def size_config(name, **overrides):
     return make_config(size.pop('arch'), **{**size, **overrides})
 
 
+def released_params(name):
+    """Parameters of a SIZES entry as released (with its own vocabulary), counted on the meta device:
+    nothing is allocated, so a 1.5B shape costs nothing to count."""
+    with torch.device('meta'):
+        return GPT(size_config(name)).num_params(non_embedding=False)
+
+
 LOSS_CHUNK = 2 ** 24  # logits a chunk of the loss under gradient checkpointing (64 MB in float32)
 
 

@@ -377,3 +377,24 @@ def task_accuracy(model, tok, spec, tasks, batch_size=8, device='cpu', autocast=
         out[f'acc_{name}'], out[f'acc_norm_{name}'] = r['acc'], r['acc_norm']
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def split_loss(model, tokens, block_size, batch_size, device, autocast=contextlib.nullcontext()):
+    """Mean loss over a whole token split (train.py's eval_full_val), cut into consecutive windows of
+    block_size (the last one shorter): every token after the first is predicted exactly once, with
+    the context its window gives it. Deterministic, and comparable between runs with one block_size.
+    tokens: a 1-D array of ids (the np.memmap of val.bin)."""
+    n = len(tokens) - 1  # n tokens have a next token to predict
+    total = 0.0
+    for start in range(0, n, block_size * batch_size):
+        ends = range(start, min(n, start + block_size * batch_size), block_size)
+        windows = [(i, min(i + block_size, n)) for i in ends]  # whole windows, the last maybe shorter
+        for length in sorted({b - a for a, b in windows}):  # a batch needs one length: whole ones, then the tail
+            rows = [a for a, b in windows if b - a == length]
+            x = torch.stack([torch.from_numpy(tokens[a:a + length].astype('int64')) for a in rows]).to(device)  # (b, T)
+            y = torch.stack([torch.from_numpy(tokens[a + 1:a + 1 + length].astype('int64')) for a in rows]).to(device)
+            with autocast:
+                _, loss = model(x, y)
+            total += loss.item() * y.numel()
+    return total / n

@@ -33,7 +33,7 @@ import scoring
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from dataset import KNOWN, load_meta, open_splits, prepare_known
-from model import GPT, SIZES, ModelConfig, make_config, size_config
+from model import GPT, SIZES, ModelConfig, make_config, released_params, size_config
 from optim import WeightAverage, muon_adamw
 
 # ----------------------------------------------------------------------------- settings
@@ -136,6 +136,8 @@ def check_settings():
         die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
     if fsdp and ema_decay:
         die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
+    if model_size and model_size not in SIZES:
+        die(f"model_size={model_size!r} must be one of {', '.join(SIZES)} (or '' for the settings below)")
     if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
         die(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'")
     if fsdp and muon:
@@ -187,15 +189,10 @@ def get_batch(split, gen=None, starts=None):
 
 # ----------------------------------------------------------------------------- model, optimizer, resume
 if model_size:  # a released shape: its preset replaces the model settings, but the run's context and data stay
-    try:
-        mcfg = size_config(model_size, block_size=block_size, vocab_size=meta['vocab_size'], dropout=dropout)
-        with torch.device('meta'):  # the count as released (its own vocabulary), allocating nothing
-            released = GPT(size_config(model_size)).num_params(non_embedding=False)
-    except ValueError as e:
-        die(str(e))
-    arch = SIZES[model_size]['arch']
-    say(f"model_size={model_size}: {released / 1e6:.2f}M parameters as released (vocab {SIZES[model_size]['vocab_size']:,}, "
-        f"context {SIZES[model_size]['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
+    mcfg = size_config(model_size, block_size=block_size, vocab_size=meta['vocab_size'], dropout=dropout)
+    arch, size = SIZES[model_size]['arch'], SIZES[model_size]
+    say(f"model_size={model_size}: {released_params(model_size) / 1e6:.2f}M parameters as released (vocab {size['vocab_size']:,}, "
+        f"context {size['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
 else:
     mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
                        n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
@@ -251,28 +248,6 @@ del ckpt
 
 
 @torch.no_grad()
-def full_val_loss():
-    """Mean loss over the whole val split, cut into consecutive windows of block_size (the last one
-    shorter): every token after the first is predicted exactly once, with the context its window
-    gives it. Deterministic, and comparable between runs with the same block_size."""
-    d, n = data['val'], len(data['val']) - 1  # n tokens have a next token to predict
-    starts = torch.arange(0, n - block_size + 1, block_size)  # the whole windows
-    total = 0.0
-    for chunk in starts.split(batch_size):
-        x, y = get_batch('val', starts=chunk)  # (b, T), (b, T)
-        with env.autocast:
-            _, loss = model(x, y)
-        total += loss.item() * y.numel()
-    tail = len(starts) * block_size  # where the tokens the whole windows left over begin
-    if tail < n:
-        x, y = (torch.from_numpy(d[i:i + n - tail].astype(np.int64))[None].to(device) for i in (tail, tail + 1))  # (1, n - tail)
-        with env.autocast:
-            _, loss = model(x, y)
-        total += loss.item() * y.numel()
-    return total / n
-
-
-@torch.no_grad()
 def estimate_loss():
     """Mean loss over eval_iters batches per split. The batches come from a generator reseeded
     every time: every eval sees the same data (comparable numbers) and training's random
@@ -281,7 +256,7 @@ def estimate_loss():
     model.eval()
     for split in ('train', 'val'):
         if split == 'val' and eval_full_val:
-            out[split] = full_val_loss()
+            out[split] = scoring.split_loss(model, data['val'], block_size, batch_size, device, env.autocast)
             continue
         gen = torch.Generator().manual_seed(seed + 7)
         losses = torch.zeros(eval_iters)
