@@ -31,7 +31,7 @@ TRAIN_CASES = [
     (['--block_size=5000'], 'not enough for one block of block_size=5000'),
     (['--n_embd=30', '--n_head=4'], 'n_embd=30 must be divisible by n_head=4'),
     (['--n_head=4', '--n_kv_head=3'], 'divisible by n_kv_head=3'),
-    (['--arch=gpt3'], "arch='gpt3' must be one of ['gpt2', 'llama']"),
+    (['--arch=gpt3'], "arch='gpt3' must be one of ['gpt2', 'llama', 'qwen2', 'qwen3']"),
     (['--norm=batchnorm'], "norm='batchnorm' must be"),
     (['--init_from=restart'], "init_from='restart' must be"),
     (['--init_from=resume'], 'nothing to resume'),
