@@ -144,8 +144,9 @@ def check_resume(ckpt, where, mcfg, tok_spec):
     return saved
 
 
-def resume_notes(ckpt, config, world):
-    """What differs from the run's own settings, in words; may set config['lr_decay_iters']."""
+def resume_notes(ckpt, config, world, say):
+    """Say what differs from the run's own settings. Returns the lr_decay_iters to go on with (also
+    set in config): the run's own end of the cosine when only max_iters grew."""
     old = ckpt.get('config', {})
     changed = [f"{k} {old[k]!r} -> {config[k]!r}" for k in ('batch_size', 'gradient_accumulation_steps', 'max_iters', 'learning_rate', 'ema_decay')
                if k in old and k in config and old[k] != config[k]]
@@ -156,7 +157,9 @@ def resume_notes(ckpt, config, world):
         changed.append(f"the LR still decays to min_lr at iter {config['lr_decay_iters']} (set --lr_decay_iters to move that)")
     if ckpt.get('world_size', 1) != world:
         changed.append(f"world size {ckpt.get('world_size', 1)} -> {world} (the same data stream; dropout masks start fresh)")
-    return changed
+    if changed:
+        say("resuming with changes: " + ", ".join(changed))
+    return config['lr_decay_iters']
 
 
 def rng_state(env, sampler):

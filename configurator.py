@@ -126,6 +126,29 @@ def configure(scope, args=None):
     return config
 
 
+def check_ranges(config, at_least_1=(), not_negative=(), folders=None):
+    """The checks every training script's check_settings() shares, each script naming its own keys:
+    counts of at least 1, sizes and rates not negative, min_lr no higher than learning_rate,
+    AdamW's betas in [0, 1), peak_flops not negative, fsdp only under torchrun, and folders
+    ({key: an example}) that name a folder. The first wrong one stops the script with one line."""
+    for keys, wrong, why in ((at_least_1, lambda v: v < 1, 'must be at least 1'), (not_negative, lambda v: v < 0, 'must not be negative')):
+        bad = [f'{k}={config[k]}' for k in keys if wrong(config[k])]
+        if bad:
+            die(f"{', '.join(bad)}: {why}")
+    for key, example in (folders or {}).items():
+        if not config[key] or os.path.isfile(config[key]):
+            die(f"{key}={config[key]!r} must name a folder, e.g. --{key}={example}")
+    if config.get('min_lr', 0) > config.get('learning_rate', 0):
+        die(f"min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}; the cosine decays from learning_rate down to min_lr")
+    if not all(0 <= config.get(b, 0) < 1 for b in ('beta1', 'beta2')):
+        die(f"beta1={config['beta1']}, beta2={config['beta2']}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
+    if config.get('peak_flops', 0) < 0:
+        die(f"peak_flops={config['peak_flops']} must be a device's FLOP/s (e.g. 989e12 for an H100), or 0 to measure or look it up")
+    if config.get('fsdp') and 'RANK' not in os.environ:
+        script = os.path.basename(sys.argv[0])
+        die(f"fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N {script} ...")
+
+
 def _help(scope, keys):
     """--help: the script's docstring, then its settings as the script writes them, with their comments."""
     try:

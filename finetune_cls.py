@@ -35,7 +35,7 @@ from dataclasses import asdict
 import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 from cli import die
 import training
-from configurator import configure
+from configurator import check_ranges, configure
 import numpy as np
 import torch
 import torch.nn as nn
@@ -108,26 +108,21 @@ config = configure(globals())
 
 
 def check_settings():
-    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
-    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval',
-                                             'keep_last_n', 'n_last', 'lora_rank') if config[k] < 1]
-    if too_small:
-        die(f"{', '.join(too_small)}: must be at least 1")
-    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size, eval_examples) < 0:
-        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, block_size and "
-            "eval_examples must not be negative")
+    """Every setting's range, before anything is loaded or written: one line names what is wrong.
+    check_ranges does the checks every training script shares (configurator.py)."""
+    check_ranges(config, at_least_1=('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval',
+                                     'keep_last_n', 'n_last', 'lora_rank'),
+                 not_negative=('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+                               'grad_clip', 'block_size', 'eval_examples'),
+                 folders={'out_dir': 'out-cls'})
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         die(f"val_frac={val_frac}, test_frac={test_frac}: each in [0, 1), and together below 1 (0.1 holds out 10% of each label)")
-    if min_lr > learning_rate:
-        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
     if trainable not in ('head', 'last', 'all', 'lora'):
         die(f"trainable={trainable!r} must be 'head', 'last' (with n_last), 'all' or 'lora'")
     if truncation not in ('keep_end', 'keep_start'):
         die(f"truncation={truncation!r} must be 'keep_end' or 'keep_start'")
     if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
         die(f"init_from={init_from!r} must be 'base' (the run in base_dir), 'resume' or 'hf:<folder>'")
-    if not out_dir or os.path.isfile(out_dir):
-        die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-cls")
     if 'RANK' in os.environ:
         die("finetune_cls.py runs in one process; start it with python, not torchrun")
 
@@ -302,10 +297,7 @@ def get_batch(ix):
 # ----------------------------------------------------------------------------- optimizer, resume
 iter_num, best_val, last_eval = 0, float('inf'), -1
 if ckpt is not None:
-    changed = resume_notes(ckpt, config, 1)
-    lr_decay_iters = config['lr_decay_iters']
-    if changed:
-        say("resuming with changes: " + ", ".join(changed))
+    lr_decay_iters = resume_notes(ckpt, config, 1, say)  # (says what changed)
 sampler = torch.Generator().manual_seed(seed)  # which texts come next: its state is the data position
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))  # trainable parameters only
 if ckpt is not None:

@@ -26,7 +26,7 @@ from dataclasses import asdict
 import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 from cli import die
 import training
-from configurator import configure
+from configurator import check_ranges, configure
 import numpy as np
 import torch
 
@@ -97,30 +97,21 @@ config = configure(globals())
 
 
 def check_settings():
-    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
-    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                                             'log_interval', 'keep_last_n') if config[k] < 1]
-    if too_small:
-        die(f"{', '.join(too_small)}: must be at least 1")
-    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens,
-           block_size, lora_rank, lora_alpha, lora_dropout) < 0 or lora_dropout >= 1:
-        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens, "
-            "block_size, lora_rank and lora_alpha must not be negative, and lora_dropout must be in [0, 1)")
+    """Every setting's range, before anything is loaded or written: one line names what is wrong.
+    check_ranges does the checks every training script shares (configurator.py)."""
+    check_ranges(config, at_least_1=('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                                     'log_interval', 'keep_last_n'),
+                 not_negative=('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+                               'grad_clip', 'sample_tokens', 'block_size', 'lora_rank', 'lora_alpha', 'lora_dropout'),
+                 folders={'out_dir': 'out-sft'})
+    if lora_dropout >= 1:
+        die(f"lora_dropout={lora_dropout} must be below 1: the share of each adapter's input dropped (0 = none)")
     if not 0 < val_fraction < 1:
         die(f"val_fraction={val_fraction} must be above 0 and below 1: the run needs val records (0.05 holds out 5% of them)")
-    if min_lr > learning_rate:
-        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
     if init_from not in ('base', 'resume') and not init_from.startswith('hf:'):
         die(f"init_from={init_from!r} must be 'base' (the train.py run in base_dir), 'resume' or 'hf:<folder>'")
-    if not out_dir or os.path.isfile(out_dir):
-        die(f"out_dir={out_dir!r} must name a folder, e.g. --out_dir=out-sft")
-
-    if fsdp and 'RANK' not in os.environ:
-        die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N finetune_sft.py ...")
     if fsdp and lora_rank:
         die("fsdp=True with LoRA is not supported (the adapters are small: use DDP, the default under torchrun)")
-    if peak_flops < 0:
-        die(f"peak_flops={peak_flops} must be a device's FLOP/s (e.g. 989e12 for an H100), or 0 to measure or look it up")
 
 
 check_settings()
@@ -240,10 +231,7 @@ optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, 
 sampler = torch.Generator().manual_seed(seed)
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 if ckpt is not None:
-    changed = resume_notes(ckpt, config, env.world)
-    lr_decay_iters = config['lr_decay_iters']
-    if changed:
-        say("resuming with changes: " + ", ".join(changed))
+    lr_decay_iters = resume_notes(ckpt, config, env.world, say)  # (says what changed)
     iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
     del ckpt

@@ -1,15 +1,9 @@
 """
-Pretrain a GPT-2- or LLaMA-style model. One process:
+Pretrain a GPT-2-, LLaMA- or Qwen-style model:
 
-    python train.py config/train_verdict.py --max_iters=2000
-
-Several GPUs (or CPU processes, with gloo) on one machine:
-
-    torchrun --standalone --nproc_per_node=4 train.py config/train_verdict.py
-
-Resume a stopped run (Ctrl-C, SIGTERM, a crash, or a finished run with more --max_iters):
-
-    python train.py config/train_verdict.py --init_from=resume
+    python train.py config/train_verdict.py --max_iters=2000                    # one process
+    torchrun --standalone --nproc_per_node=4 train.py config/train_verdict.py   # several GPUs (or CPU processes, gloo)
+    python train.py config/train_verdict.py --init_from=resume   # go on after Ctrl-C, SIGTERM, a crash, or with more iters
 
 Every global below is a setting: change it in a config/*.py file or with --key=value.
 Read top to bottom: settings, setup, data, model, the loop, the end. What every training
@@ -25,7 +19,7 @@ from dataclasses import asdict
 import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 from cli import die
 import training
-from configurator import configure
+from configurator import check_ranges, configure
 import numpy as np
 import torch
 
@@ -33,7 +27,7 @@ import scoring
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from dataset import KNOWN, load_meta, open_splits, prepare_known
-from model import GPT, SIZES, ModelConfig, make_config, released_params, size_config
+from model import GPT, MODEL_SETTINGS, SIZES, ModelConfig, make_config, released_params, size_config
 from optim import WeightAverage, muon_adamw
 
 # ----------------------------------------------------------------------------- settings
@@ -112,38 +106,26 @@ config = configure(globals())
 
 
 def check_settings():
-    """Every setting's range, before anything is loaded or written: one line names what is wrong."""
-    too_small = [f'{k}={config[k]}' for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
-                                             'eval_iters', 'log_interval', 'keep_last_n') if config[k] < 1]
-    if too_small:
-        die(f"{', '.join(too_small)}: must be at least 1")
-    for key in ('out_dir', 'data_dir'):
-        if not config[key] or os.path.isfile(config[key]):
-            die(f"{key}={config[key]!r} must name a folder, e.g. --out_dir=out-verdict --data_dir=data")
-    if min(max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip, sample_tokens) < 0:
-        die("max_iters, warmup_iters, lr_decay_iters, learning_rate, min_lr, weight_decay, grad_clip and sample_tokens must not be negative")
-    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        die(f"beta1={beta1}, beta2={beta2}: AdamW's betas must be in [0, 1) (0.9 and 0.95 are usual)")
+    """Every setting's range, before anything is loaded or written: one line names what is wrong.
+    check_ranges does the checks every training script shares (configurator.py)."""
+    check_ranges(config, at_least_1=('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                                     'log_interval', 'keep_last_n'),
+                 not_negative=('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+                               'grad_clip', 'sample_tokens'),
+                 folders={'out_dir': 'out-verdict', 'data_dir': 'data'})
     if not 0 <= cooldown_frac <= 1:
         die(f"cooldown_frac={cooldown_frac} must be in [0, 1]: the fraction of the run spent decaying the LR (0 = a cosine instead)")
-    if min_lr > learning_rate:
-        die(f"min_lr={min_lr} is above learning_rate={learning_rate}; the cosine decays from learning_rate down to min_lr")
     if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:'):
         die(f"init_from={init_from!r} must be 'scratch', 'resume' or 'hf:<folder>'")
-    if fsdp and 'RANK' not in os.environ:
-        die("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
     if not 0 <= ema_decay < 1:
         die(f"ema_decay={ema_decay} must be in [0, 1): the share of the average kept at each step (0 = off; 0.98 is ~50 steps)")
-    if fsdp and ema_decay:
-        die("ema_decay > 0 keeps a whole copy of the weights, and FSDP gives each process only a shard; use DDP (fsdp=False)")
+    if fsdp and (ema_decay or muon):
+        die(f"{'ema_decay > 0 keeps a whole copy of the weights' if ema_decay else 'muon=True orthogonalizes whole matrices'}, "
+            "and FSDP gives each process only a shard of them; use DDP (fsdp=False)")
     if model_size and model_size not in SIZES:
         die(f"model_size={model_size!r} must be one of {', '.join(SIZES)} (or '' for the settings below)")
     if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
         die(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'")
-    if fsdp and muon:
-        die("muon=True orthogonalizes whole matrices, and FSDP gives each process only a shard of each; use DDP (fsdp=False)")
-    if peak_flops < 0:
-        die(f"peak_flops={peak_flops} must be a device's FLOP/s (e.g. 989e12 for an H100), or 0 to measure or look it up")
 
 
 check_settings()
@@ -193,11 +175,8 @@ if model_size:  # a released shape: its preset replaces the model settings, but 
     arch, size = SIZES[model_size]['arch'], SIZES[model_size]
     say(f"model_size={model_size}: {released_params(model_size) / 1e6:.2f}M parameters as released (vocab {size['vocab_size']:,}, "
         f"context {size['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
-else:
-    mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], n_layer=n_layer, n_head=n_head,
-                       n_kv_head=n_kv_head, n_embd=n_embd, ffn_hidden=ffn_hidden, dropout=dropout, norm=norm,
-                       pos_emb=pos_emb, mlp=mlp, bias=bias, tie_embeddings=tie_embeddings, rope_theta=rope_theta,
-                       qkv_bias=qkv_bias, qk_norm=qk_norm, head_dim=head_dim)
+else:  # the arch's preset, with the model settings above (n_layer, n_embd, ...: model.MODEL_SETTINGS)
+    mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], **{k: config[k] for k in MODEL_SETTINGS})
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
 base_model = init_from if init_from.startswith('hf:') else ckpt.get('base_model', '') if ckpt else ''
 if init_from.startswith('hf:'):  # released weights: their architecture replaces the model settings above
@@ -210,10 +189,7 @@ if ckpt is not None:
     if base_model:  # a run that started from released weights: its architecture is the checkpoint's, not the settings'
         mcfg = ModelConfig.from_dict({**ckpt['model_config'], 'dropout': dropout})
     mcfg = check_resume(ckpt, os.path.join(out_dir, 'ckpt.pt'), mcfg, tok_spec)
-    changed = resume_notes(ckpt, config, env.world)
-    lr_decay_iters = config['lr_decay_iters']
-    if changed:
-        say("resuming with changes: " + ", ".join(changed))
+    lr_decay_iters = resume_notes(ckpt, config, env.world, say)  # (says what changed)
 # Training batches come from one generator, the same on every process (each takes its slice of
 # the global batch): its state is the data position, whatever the number of processes.
 sampler = torch.Generator().manual_seed(seed)
@@ -228,21 +204,17 @@ if ckpt is not None:
 raw_model.to(device)
 raw_model.gradient_checkpointing = gradient_checkpointing
 model = training.wrap_model(raw_model, env, compile, fsdp, compile_mode)  # DDP or FSDP under torchrun, compiled (None: on CUDA)
-if muon:  # after FSDP: on the shards
-    optimizer = muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2))
-else:
-    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+optimizer = (muon_adamw(raw_model, learning_rate, muon_lr, weight_decay, (beta1, beta2)) if muon  # (after FSDP: on the shards)
+             else raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2)))
 iter_num, best_val, skipped, last_eval = 0, float('inf'), 0, -1
 if ckpt is not None:
     iter_num, best_val, skipped, last_eval = restore_run(ckpt, env, raw_model, optimizer, scaler, sampler, seed)
     say(f"resuming from {out_dir}/ckpt.pt at iter {iter_num} (best val loss {best_val:.4f})")
     training.resume_dtype(env, dtype, ckpt.get('dtype'), say)  # the run's own dtype, unless --dtype says otherwise
 peak_flops = peak_flops or training.peak_flops(env)
-ema = None  # ema_decay > 0: the weights' moving average, which evals, best.pt and the sample use (optim.py)
-if ema_decay:
-    if ckpt is not None and 'ema' not in ckpt:
-        say("note: the checkpoint has no weight average (ema_decay was 0); it starts from the current weights")
-    ema = WeightAverage(raw_model, ema_decay, ckpt.get('ema') if ckpt is not None else None)
+if ema_decay and ckpt is not None and 'ema' not in ckpt:
+    say("note: the checkpoint has no weight average (ema_decay was 0); it starts from the current weights")
+ema = WeightAverage(raw_model, ema_decay, ckpt and ckpt.get('ema')) if ema_decay else None  # evals, best.pt, sample use it
 averaged = ema.swapped_in if ema else contextlib.nullcontext  # `with averaged():` the weights to score and sample
 del ckpt
 

@@ -107,3 +107,35 @@ def test_help_piped_into_head_ends_quietly():
     p = subprocess.run(f'{sys.executable} {ROOT / "train.py"} -h | head -3; exit ${{PIPESTATUS[0]}}', shell=True,
                        executable='/bin/bash', capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == '' and len(p.stdout.splitlines()) == 3, (p.returncode, p.stderr)
+
+
+RANGES = dict(batch_size=8, max_iters=100, learning_rate=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.95, peak_flops=0.0,
+              fsdp=False, out_dir='out')
+
+
+@pytest.mark.parametrize('change, msg', [
+    (dict(batch_size=0), 'batch_size=0: must be at least 1'),
+    (dict(max_iters=-1, learning_rate=-1.0, min_lr=-2.0), 'max_iters=-1, learning_rate=-1.0, min_lr=-2.0: must not be negative'),
+    (dict(min_lr=1e-2), 'min_lr=0.01 is above learning_rate=0.001'),
+    (dict(beta2=1.0), "beta1=0.9, beta2=1.0: AdamW's betas must be in [0, 1)"),
+    (dict(peak_flops=-1.0), 'peak_flops=-1.0 must be a device'),
+    (dict(fsdp=True), 'fsdp=True shards the model over several processes: launch with torchrun'),
+    (dict(out_dir=''), "out_dir='' must name a folder, e.g. --out_dir=out-x"),
+])
+def test_check_ranges_names_the_first_wrong_setting(change, msg, capsys, monkeypatch):
+    """The checks every training script's check_settings shares: one line, exit 1."""
+    from configurator import check_ranges
+    monkeypatch.delenv('RANK', raising=False)
+    check_ranges(dict(RANGES), ('batch_size',), ('max_iters', 'learning_rate', 'min_lr'), {'out_dir': 'out-x'})  # all good
+    with pytest.raises(SystemExit) as e:
+        check_ranges(dict(RANGES, **change), ('batch_size',), ('max_iters', 'learning_rate', 'min_lr'), {'out_dir': 'out-x'})
+    assert e.value.code == 1 and msg in capsys.readouterr().err
+
+
+def test_check_ranges_folder_that_is_a_file(tmp_path, capsys):
+    from configurator import check_ranges
+    f = tmp_path / 'f'
+    f.write_text('x')
+    with pytest.raises(SystemExit):
+        check_ranges(dict(RANGES, out_dir=str(f)), folders={'out_dir': 'out-x'})
+    assert f"out_dir='{f}' must name a folder" in capsys.readouterr().err

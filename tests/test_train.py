@@ -46,7 +46,7 @@ TRAIN_CASES = [
     (['--arch=llama', '--rope_theta=0'], 'rope_theta=0.0 must be positive'),
     (['--beta2=1.5'], "beta2=1.5: AdamW's betas must be in [0, 1)"),
     (['--ema_decay=1.0'], 'ema_decay=1.0 must be in [0, 1)'),
-    (['--sample_tokens=-5'], 'sample_tokens must not be negative'),
+    (['--sample_tokens=-5'], 'sample_tokens=-5: must not be negative'),
     (['--device=gpu'], "device='gpu' is not a device"),
     (['--device=cuda'], 'has no CUDA'),
     (['--dtype=float16'], 'float16 needs a CUDA GPU'),
