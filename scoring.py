@@ -16,7 +16,6 @@ The model is nanolm's GPT (model.py) and the tokenizer tokenizer.load(spec); not
 an optional package. Bad input raises a one-line ValueError naming the file and line.
 """
 import contextlib
-import json
 import math
 import os
 import random

@@ -9,6 +9,7 @@ No test waits a guessed time: they wait for what a program shows (a line, a file
 blocks until the test signals it: see start_paused)."""
 import contextlib
 import io
+import json
 import os
 import runpy
 import signal
@@ -160,6 +161,37 @@ TINY = ['--dataset=tiny', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_s
         '--learning_rate=3e-3', '--warmup_iters=5', '--eval_iters=4', '--log_interval=5', '--peak_flops=1e12',
         '--sample_tokens=20', '--dtype=float32']  # dtype pinned: tests compare numbers across runs
 
+
+V = 97  # tiny_model's vocabulary
+
+
+def tiny_model(arch='gpt2', **kw):
+    """A 2-layer, 32-wide model of arch (kw: any other ModelConfig field), the same weights at every call."""
+    import torch
+    from model import GPT, make_config
+    torch.manual_seed(0)
+    return GPT(make_config(arch, **{**dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_embd=32), **kw}))
+
+
+def log_rows(out):
+    """A run's out/log.jsonl, a dict a line."""
+    return [json.loads(line) for line in (Path(out) / 'log.jsonl').read_text().splitlines()]
+
+
+# A run to stop and resume: dropout > 0, so that resuming must restore torch's RNG, not only the batch sampler
+RESUME_RUN = [*TINY, '--batch_size=16', '--dropout=0.1', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=20',
+              '--sample_prompt=']
+
+
+def losses(out):
+    """({iter: train loss}, {iter: val loss}) of a run's log."""
+    rows = log_rows(out)
+    return ({r['iter']: r['loss'] for r in rows if 'loss' in r}, {r['iter']: r['val_loss'] for r in rows if 'val_loss' in r})
+
+
+def train(data, out, *args, check=True):
+    """train.py with RESUME_RUN's settings on the data folder `data`, into out."""
+    return run('train.py', *RESUME_RUN, f'--data_dir={data}', f'--out_dir={out}', *args, check=check)
 
 TINY_RUN = ['--max_iters=10', '--eval_interval=5', '--sample_prompt=']
 

@@ -2,7 +2,6 @@
 kept ones and best.pt, loadable anywhere (a compiled or DDP model's names, an older nanolm's fields,
 a bare file), a run never silently replaced (start_run), resume refusing another model or
 tokenizer (check_resume). The exact resume itself, signals and kill -9: tests/test_resume.py."""
-import json
 import os
 import shutil
 
@@ -10,24 +9,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, run_files, save_checkpoint, start_run, weights
-from conftest import TINY, assert_one_line_error, run
-
-RUN = [*TINY, '--batch_size=16', '--dropout=0.1', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=20',
-       '--sample_prompt=']
-
-
-def log_rows(out):
-    return [json.loads(line) for line in open(out / 'log.jsonl')]
-
-
-def losses(out):
-    rows = log_rows(out)
-    return ({r['iter']: r['loss'] for r in rows if 'loss' in r}, {r['iter']: r['val_loss'] for r in rows if 'val_loss' in r})
-
-
-def train(data, out, *args, check=True):
-    return run('train.py', *RUN, f'--data_dir={data}', f'--out_dir={out}', *args, check=check)
-
+from conftest import RESUME_RUN as RUN, TINY, assert_one_line_error, losses, run, train
 
 def state(it, **kw):
     return {'model': {'w': torch.full((2, 2), float(it))}, 'model_config': {'n_layer': 1}, 'iter_num': it, **kw}

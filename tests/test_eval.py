@@ -344,7 +344,7 @@ def test_lm_eval_command_line_and_eval_py_lm_eval(hf_model, tmp_path):
     env = {'HF_DATASETS_OFFLINE': '1', 'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache')}
     mine = tmp_path / 'mine.json'
     run('eval.py', f'--out_dir={out}', f'--tasks={tmp_path / "nanolm_local.jsonl"}', '--dtype=float32', '--device=cpu',
-        f'--json={mine}', f'--lm_eval=nanolm_local', f'--lm_eval_args=include_path={task_dir}', env=env)
+        f'--json={mine}', '--lm_eval=nanolm_local', f'--lm_eval_args=include_path={task_dir}', env=env)
     got = json.loads(mine.read_text())
     want = got['tasks'][str(tmp_path / 'nanolm_local.jsonl')]
     assert got['lm_eval']['nanolm_local']['acc'] == want['acc']

@@ -1,7 +1,6 @@
 """optim.py: Muon (its orthogonalized update, each of q, k and v on its own, weight decay on every
 matrix, exact resume alone and under DDP) and WeightAverage, the moving average of the weights
 (train.py's ema_decay: update, swap in for eval, state; saved, scored, loaded, resumed exactly)."""
-import json
 import os
 import subprocess
 import sys
@@ -11,21 +10,9 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, load_model
-from conftest import ROOT, TINY, run
-from model import GPT, make_config
+from conftest import ROOT, TINY, V, run
+from conftest import log_rows as step_log, tiny_model as tiny
 from optim import WeightAverage
-
-V = 97
-
-
-def tiny(arch='gpt2', **kw):
-    torch.manual_seed(0)
-    return GPT(make_config(arch, **{**dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_embd=32), **kw}))
-
-
-def step_log(out):
-    return [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
-
 
 def test_muon_update_is_orthogonal_and_scaled():
     from optim import muon_adamw, orthogonalize

@@ -2,7 +2,6 @@
 SIGTERM (alone, under torchrun, in both training scripts), kill -9 during checkpoint writes, NaN
 handling, extending a finished run. Signals land where a stand-in run waits for them (conftest's
 start_paused), never after a guessed time. Checkpoint files themselves: tests/test_checkpoint.py."""
-import json
 import os
 import random
 import shlex
@@ -14,28 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run, start_paused, wait_for
+from conftest import RESUME_RUN as RUN, ROOT, log_rows, losses, run, start_paused, train, wait_for
 from checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-# dropout > 0 so that resuming must restore torch's RNG, not only the batch sampler
-RUN = [*TINY, '--batch_size=16', '--dropout=0.1', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=20',
-       '--sample_prompt=']
-
-
-def log_rows(out):
-    return [json.loads(line) for line in open(out / 'log.jsonl')]
-
-
-def losses(out):
-    rows = log_rows(out)
-    return ({r['iter']: r['loss'] for r in rows if 'loss' in r}, {r['iter']: r['val_loss'] for r in rows if 'val_loss' in r})
-
-
-def train(data, out, *args, check=True):
-    return run('train.py', *RUN, f'--data_dir={data}', f'--out_dir={out}', *args, check=check)
-
 
 @pytest.fixture(scope='module')
 def reference(char_data, tmp_path_factory):

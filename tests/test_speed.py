@@ -2,27 +2,14 @@
 on a CPU, the KV cache at a GPT-2-small-like depth. (The auto dtype rule: test_training.py; Muon
 and the weights' average: test_optim.py; bench.py: test_bench.py.)
 No timing assertions here: bench.py measures speed; these tests check behaviour."""
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run
+from conftest import TINY, V, run
+from conftest import log_rows as step_log, tiny_model as tiny
 from checkpoint import load_checkpoint
-from model import GPT, make_config
-
-V = 97
-
-
-def tiny(arch='gpt2', **kw):
-    torch.manual_seed(0)
-    return GPT(make_config(arch, **{**dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_embd=32), **kw}))
-
-
-def step_log(out):
-    return [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
-
 
 @pytest.mark.parametrize('arch', ['gpt2', 'llama'])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, monkeypatch):

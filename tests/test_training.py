@@ -2,7 +2,6 @@
 run keeping its dtype), the LR schedule, log.jsonl (and its trim on resume), loss.png, the trackers
 (Weights & Biases / SwanLab), MFU's peak FLOP/s. Wrapping for DDP/FSDP: tests/test_distributed.py."""
 import json
-import os
 import sys
 import types
 
@@ -146,10 +145,10 @@ def test_open_log_trims_to_the_checkpoint_on_resume(tmp_path):
 
 def test_plot_log_draws_loss_png_or_says_how(tiny_run, tmp_path, monkeypatch):
     (tmp_path / 'log.jsonl').write_bytes((tiny_run / 'log.jsonl').read_bytes())
-    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if not installed
-    assert training.plot_log(str(tmp_path)) == f'loss history: {tmp_path}/log.jsonl (pip install matplotlib for a plot)'
+    with monkeypatch.context() as m:  # (undone before matplotlib is imported for real: sys.modules stays whole)
+        m.setitem(sys.modules, 'matplotlib', None)  # as if not installed
+        assert training.plot_log(str(tmp_path)) == f'loss history: {tmp_path}/log.jsonl (pip install matplotlib for a plot)'
     assert not (tmp_path / 'loss.png').exists()
-    monkeypatch.delitem(sys.modules, 'matplotlib')
     pytest.importorskip('matplotlib')
     assert training.plot_log(str(tmp_path)).endswith(f'plot: {tmp_path}/loss.png')
     assert (tmp_path / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
