@@ -4,6 +4,7 @@ Turn text into token files for training: data/<name>/train.bin, val.bin and meta
     python prepare.py shakespeare_char          # known datasets: verdict, shakespeare, shakespeare_char
     python prepare.py mytext --input notes.txt  # any local text file (gpt2 tokens by default)
     python prepare.py poems --input 'poems/**/*.jsonl.gz' --tokenizer=bpe --vocab_size=8192
+    python prepare.py poems --input tang-poems.jsonl --tokenizer=bpe --han_chars   # a token per Chinese character
     python prepare.py more --input more.jsonl --tokenizer=data/poems   # reuse the bpe trained above
     python prepare.py mytok --input 'corpus/*.txt' --vocab_size=16384 --tokenizer_only  # just a bpe, in data/mytok/
 
@@ -287,8 +288,8 @@ def pass1(paths, kind, spec, s):
     end_progress()  # a status line only once this pass has run for a while
     if kind == 'bpe':
         cli.interrupt_note = f'while training the bpe: {s.nothing}'
-        spec = tokenizer.bpe_spec(tokenizer.train_bpe(texts, s.vocab_size, progress=s.show),
-                                  name=f'nanolm-bpe-{s.name}')
+        pat = tokenizer.PAT_HAN_CHARS if s.han_chars else tokenizer.PAT
+        spec = tokenizer.bpe_spec(tokenizer.train_bpe(texts, s.vocab_size, pat, progress=s.show), pat, f'nanolm-bpe-{s.name}')
     elif kind == 'char':
         chars = set()
         for text in texts:
@@ -600,6 +601,8 @@ def check_settings(s):
         die(f'--bpe_train_mb={s.bpe_train_mb:g} must be more than 0 (the MB of text the bpe trains on)')
     if s.tokenizer_only and s.tokenizer_name not in (None, 'bpe'):
         die(f'--tokenizer_only trains a bpe: drop --tokenizer={s.tokenizer_name} (or use --tokenizer=bpe)')
+    if s.han_chars and (s.tokenizer_name or ('bpe' if s.tokenizer_only else '')) != 'bpe':
+        die(f"--han_chars shapes the bpe trained here: add --tokenizer=bpe (not --tokenizer={s.tokenizer_name or 'gpt2'})")
     if s.tokenizer_only and (Path(s.out_dir) / s.name / 'meta.json').exists():
         die(f'{Path(s.out_dir) / s.name}/ holds a dataset, and its bpe (if it has one) is reused with '
             f'--tokenizer={Path(s.out_dir) / s.name}; --tokenizer_only needs a folder of its own: choose another name')
@@ -607,7 +610,7 @@ def check_settings(s):
 
 def prepare(name, input=None, tokenizer_name=None, vocab_size=None, text_field='text', split_blocks=False,
             val_fraction=0.1, val_docs=None, seed=1337, workers=None, skip_bad_lines=False,
-            out_dir='data', bpe_train_mb=BPE_TRAIN_MB, tokenizer_only=False, quiet=False):
+            out_dir='data', bpe_train_mb=BPE_TRAIN_MB, tokenizer_only=False, han_chars=False, quiet=False):
     """Prepare data/<name>/ (see the top of this file) and return its meta dict. tokenizer_only:
     train a bpe into data/<name>/ and return its spec instead."""
     s = SimpleNamespace(**locals())  # the settings, as given
@@ -660,6 +663,8 @@ def main():
     ap.add_argument('--vocab_size', type=int, help=f'for --tokenizer=bpe (default {DEFAULT_VOCAB})')
     ap.add_argument('--tokenizer_only', action='store_true',
                     help='only train a bpe, into data/<name>/ (reuse it with --tokenizer=data/<name>)')
+    ap.add_argument('--han_chars', action='store_true',
+                    help='--tokenizer=bpe: one token per Chinese character at most, never a word of several (verse)')
     ap.add_argument('--text_field', default='text', help='the field of each .jsonl line that holds the text')
     ap.add_argument('--split_blocks', action='store_true', help='.txt: one document per blank-line-separated block')
     ap.add_argument('--val_fraction', type=float, default=0.1)

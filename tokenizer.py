@@ -73,6 +73,11 @@ PAT = '|'.join([
     f"[{SPACE}]+(?![^{SPACE}])",  # spaces, leaving the last one to the next word
     f"[{SPACE}]+",
 ])
+# prepare.py --han_chars: every Chinese character a piece of its own, so BPE merges a character's
+# bytes into one token but never characters into words. For text whose form is counted in
+# characters (a Tang poem's lines are 5 or 7 of them): a small model learns to count tokens far
+# more easily than to add up the lengths of words. ~1.2x the tokens of PAT on the poems.
+PAT_HAN_CHARS = PAT.replace(f"[{HAN}]+", f"[{HAN}]")
 
 
 # -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 # so dtype=auto picks float16 with a GradScaler; torch.compile is on by default (Linux, CUDA).
 # Data comes from a Kaggle dataset under /kaggle/input; everything written goes to /kaggle/working,
 # which Kaggle keeps as the notebook's output:
-#   python prepare.py poems --input /kaggle/input/tang-poems/tang-poems.jsonl --tokenizer=bpe --vocab_size=8192 --out_dir=/kaggle/working/data
+#   python prepare.py poems --input /kaggle/input/tang-poems/tang-poems.jsonl --tokenizer=bpe --han_chars --out_dir=/kaggle/working/data
 #   python train.py config/train_kaggle_t4.py                                     # one T4
 #   torchrun --standalone --nproc_per_node=2 train.py config/train_kaggle_t4.py --out_dir=/kaggle/working/out-poems-t4x2   # "GPU T4 x2"
 # Two processes split each step's batch (the same tokens as one process: docs/scale-out.md), so the
@@ -17,8 +17,8 @@ block_size = 256         # a whole poem with its chat prompt fits (at 128, SFT c
 batch_size = 16          # 4,096 tokens a step
 n_layer = 6
 n_head = 6
-n_embd = 384             # ~11M parameters in the blocks, ~6M in the two 8,192 x 384 embedding tables
-dropout = 0.2            # the corpus is ~285k tokens: ~6 passes over it, so regularise
+n_embd = 384             # ~11M parameters in the blocks, ~4.7M in the two 6,056 x 384 embedding tables (--han_chars)
+dropout = 0.2            # the corpus is ~342k tokens: ~5 passes over it, so regularise
 learning_rate = 1e-3
 min_lr = 1e-4
 max_iters = 400

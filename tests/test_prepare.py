@@ -205,6 +205,21 @@ def test_bpe_dataset_and_reuse(tmp_path):
     assert tok.decode(t1.tolist()).split('<|endoftext|>')[0] in DOCS
 
 
+def test_han_chars_bpe_is_recorded_and_reused(tmp_path):
+    """--han_chars: the bpe's pattern travels in meta.json (a checkpoint's tokenizer splits as it was
+    trained), and only a bpe trained here takes it."""
+    write_jsonl(tmp_path / 'a.jsonl', DOCS)
+    meta, train, _ = run(tmp_path, name='h', input=[str(tmp_path / 'a.jsonl')], tokenizer_name='bpe', vocab_size=400, han_chars=True)
+    tok = tokenizer.load(tokenizer.portable_spec(meta, tmp_path / 'data' / 'h'))
+    assert meta['tokenizer']['pat_str'] == tokenizer.PAT_HAN_CHARS
+    assert [tok.decode([t]) for t in tok.encode('床前明月光')] == list('床前明月光')
+    _, again, _ = run(tmp_path, name='h2', input=[str(tmp_path / 'a.jsonl')], tokenizer_name=str(tmp_path / 'data' / 'h'))
+    assert np.array_equal(train, again)
+    code, _, err = cli('x', '--input', str(tmp_path / 'a.jsonl'), '--han_chars', f'--out_dir={tmp_path}')
+    assert_one_line_error(code, err, '--han_chars shapes the bpe trained here: add --tokenizer=bpe (not --tokenizer=gpt2)')
+    assert not (tmp_path / 'x').exists()
+
+
 def test_reprepared_without_bpe_leaves_no_stale_bpe(tmp_path):
     """A folder that held a bpe dataset and is prepared again with char must not keep the old
     tokenizer files: --tokenizer=<that folder> used them as if they were its tokenizer."""

@@ -57,6 +57,25 @@ def test_python_and_tiktoken_split_identically(kind):
     assert tiktoken_pieces(T.PAT, text, chunks) == [c.encode() for c in chunks]
 
 
+@pytest.mark.parametrize('kind', sorted(SAMPLES))
+def test_han_chars_pattern_splits_the_same_in_both_engines(kind):
+    text = SAMPLES[kind]
+    chunks = re.findall(T.PAT_HAN_CHARS, text)
+    assert ''.join(chunks) == text and tiktoken_pieces(T.PAT_HAN_CHARS, text, chunks) == [c.encode() for c in chunks]
+
+
+def test_han_chars_bpe_never_merges_characters_into_words():
+    """prepare.py --han_chars: a bpe trained on Chinese text gives every frequent character one
+    token and never one token to two characters; with PAT, a frequent run becomes one token."""
+    text = SAMPLES['chinese'] * 20
+    assert re.findall(T.PAT_HAN_CHARS, '床前明月光，疑是') == ['床', '前', '明', '月', '光', '，', '疑', '是']
+    words, chars = (T.load(T.bpe_spec(T.train_bpe([text], 2000, pat), pat)) for pat in (T.PAT, T.PAT_HAN_CHARS))
+    pieces = [chars.decode([t]) for t in chars.encode(text)]
+    assert ''.join(pieces) == text and '明' in pieces and '月' in pieces
+    assert all(len(p) == 1 for p in pieces if re.fullmatch(f'[{T.HAN}]+', p))  # each Chinese token: one character
+    assert '床前明月光' in [words.decode([t]) for t in words.encode(text)]  # PAT merges runs into words
+
+
 def test_split_examples():
     split = re.compile(T.PAT).findall
     assert split("don't stop") == ['don', "'t", ' stop']
