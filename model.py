@@ -120,12 +120,6 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# The settings of train.py that shape the model (ModelConfig's fields of the same names); None or
-# 0 keeps the arch preset's value.
-MODEL_SETTINGS = ('n_layer', 'n_head', 'n_kv_head', 'n_embd', 'ffn_hidden', 'dropout', 'norm', 'pos_emb', 'mlp', 'bias',
-                  'tie_embeddings', 'qkv_bias', 'qk_norm', 'head_dim', 'rope_theta')
-
-
 def make_config(arch='gpt2', **overrides):
     """ModelConfig from a family preset plus any field overrides (None means 'use the preset')."""
     if arch not in ARCH:

@@ -27,7 +27,7 @@ import scoring
 import tokenizer
 from checkpoint import check_resume, clear_run, load_model, restore_run, resume_notes, same_tokenizer, save_run, start_run
 from dataset import KNOWN, load_meta, open_splits, prepare_known
-from model import GPT, MODEL_SETTINGS, SIZES, ModelConfig, make_config, released_params, size_config
+from model import GPT, SIZES, ModelConfig, make_config, released_params, size_config
 from optim import WeightAverage, muon_adamw
 
 # ----------------------------------------------------------------------------- settings
@@ -175,8 +175,8 @@ if model_size:  # a released shape: its preset replaces the model settings, but 
     arch, size = SIZES[model_size]['arch'], SIZES[model_size]
     say(f"model_size={model_size}: {released_params(model_size) / 1e6:.2f}M parameters as released (vocab {size['vocab_size']:,}, "
         f"context {size['block_size']:,}); this run's vocab {meta['vocab_size']:,} and block_size {block_size}")
-else:  # the arch's preset, with the model settings above (n_layer, n_embd, ...: model.MODEL_SETTINGS)
-    mcfg = make_config(arch, block_size=block_size, vocab_size=meta['vocab_size'], **{k: config[k] for k in MODEL_SETTINGS})
+else:  # the arch's preset, changed by the settings above that name a ModelConfig field (n_layer, n_embd, ...; None: the preset's)
+    mcfg = make_config(arch, **{k: v for k, v in config.items() if k in ModelConfig.__dataclass_fields__}, vocab_size=meta['vocab_size'])
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
 base_model = init_from if init_from.startswith('hf:') else ckpt.get('base_model', '') if ckpt else ''
 if init_from.startswith('hf:'):  # released weights: their architecture replaces the model settings above

@@ -1,6 +1,6 @@
 # Teach the poem model of config/train_poems.py to answer: chat records in which the user gives a
 # title and the assistant writes the poem. Only the poems are learned (the loss masks the rest).
-#   python finetune_sft.py config/sft_poems.py --data_file=tang-poems-chat.jsonl   # ~11 min on one CPU thread
+#   python finetune_sft.py config/sft_poems.py --data_file=tang-poems-chat.jsonl   # ~5.5 min on 2 CPU cores
 #   python sample.py --out_dir=out-sft-poems --chat --start="请以《春夜》为题，写一首诗。"   # (system prompt: sample_system)
 # The records are a local file, one a line:
 #   {"messages": [{"role": "system", "content": "你是一位唐代诗人。"},
@@ -16,9 +16,10 @@ val_fraction = 0.05
 batch_size = 8
 learning_rate = 1e-3     # high for a fine-tune: this small model also goes on learning the poems themselves
 min_lr = 1e-4
-max_iters = 2000         # ~3.4 passes over the records (~11 min on one CPU thread). Held-out titles answered in 5- or
-                         # 7-character verse ended by <|im_end|> (235 titles, one sample each, sample.py's defaults):
-                         # base 0%, 1200 iters 21% (49), 2000 iters 31% (73); learning_rate=3e-3 at 1200 gave 13%
+max_iters = 2000         # ~3.4 passes over the records (~5.5 min on 2 CPU cores). Held-out titles answered in 5- or
+                         # 7-character verse ended by <|im_end|> (python bench.py poems: 235 titles, one sample each,
+                         # sample.py's defaults): base 0%, this 73% (172). With a base on a bpe of words (no --han_chars)
+                         # 43% at 2000 iters and 57% at 2600; with block_size=128 as well, 31%
 warmup_iters = 30
 eval_interval = 300
 eval_iters = 10

@@ -98,8 +98,12 @@ def test_refusals_in_a_real_process(char_data, tmp_path):
 def test_parameter_count_shows_the_untied_embedding(char_data, tmp_path):
     p = run('train.py', *TINY, '--arch=llama', f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=1', '--sample_prompt=')
     import torch
-    n = sum(v.numel() for v in torch.load(tmp_path / 'ckpt.pt', weights_only=True)['model'].values())
+    ck = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    n = sum(v.numel() for v in ck['model'].values())
     assert f'{n / 1e6:.2f}M parameters (' in p.stdout and 'without the embedding tables' in p.stdout
+    # the run's config holds the settings, every one and nothing else (not a name imported before configure())
+    settings = {line.split(' = ')[0] for line in run('train.py', '--help').stdout.splitlines() if ' = ' in line and line[0] != '#'}
+    assert set(ck['config']) == settings and 'n_layer' in settings
 
 
 @pytest.mark.slow
