@@ -70,12 +70,19 @@ def marks_of(comment):
     return set(items) if comment and ok else set()
 
 
-def commands(path):
-    """[(command, marks)] from the ```bash blocks of a page, in order. Continued lines (ending in a
-    backslash) are joined; comment-only lines are dropped; marks: the MARKS a trailing comment
-    starts with."""
+def bash_blocks(path):
+    """The text of each ```bash block of a page, in order."""
+    return re.findall(r'^ *```(?:bash|sh)\n(.*?)^ *```', Path(path).read_text(encoding='utf-8'), re.S | re.M)
+
+
+def commands(path, blocks=None):
+    """[(command, marks)] from the ```bash blocks of a page (those numbered in `blocks`, or all), in
+    order. Continued lines (ending in a backslash) are joined; comment-only lines are dropped;
+    marks: the MARKS a trailing comment starts with."""
     out = []
-    for block in re.findall(r'^ *```(?:bash|sh)\n(.*?)^ *```', Path(path).read_text(encoding='utf-8'), re.S | re.M):
+    for i, block in enumerate(bash_blocks(path)):
+        if blocks is not None and i not in blocks:
+            continue
         pending = ''
         for raw in block.splitlines():
             line = pending + raw.strip()
@@ -313,12 +320,12 @@ def serve_and_stop(cmd, cwd, env):
     assert ok, f"`{cmd}` never printed its URL:\n{''.join(lines)[-3000:]}"
 
 
-def run_page(page, tmp):
+def run_page(page, tmp, blocks=None):
     copy_project(tmp, tmp)
     place_offline_data(tmp)
     env = {**os.environ, 'PWD': str(tmp), 'TIKTOKEN_CACHE_DIR': str(tmp / 'tiktoken_cache'), 'MPLBACKEND': 'Agg'}
     cwd, ran, skipped = tmp, [], []
-    for cmd, marks in commands(page):
+    for cmd, marks in commands(page, blocks):
         why = why_skip(cmd, marks - {'server'}, cwd)
         if cmd.startswith('git clone ') and not marks - {'network'} and len(cmd.split()) > 3:
             dest = Path(adapt(cmd.split()[3], tmp))  # the clone's folder: a copy of the project stands in
@@ -353,11 +360,20 @@ def run_page(page, tmp):
 
 
 RUNNABLE = [ROOT / 'README.md'] + sorted(p for p in (ROOT / 'docs' / 'guides').glob('*.md') if not p.name.endswith('.zh-CN.md'))
+# The README's bash blocks in groups that need nothing from each other (each group runs in a fresh
+# copy, so the two cores share the README's ~100 s): Shakespeare (quick start, install, the first
+# run), The Verdict (the whole path, then tuning), the Tang poems.
+README_PARTS = [(0, 1, 2, 3), (4, 6, 7), (5,)]
+CASES = [(p, None) for p in RUNNABLE[1:]] + [(RUNNABLE[0], part) for part in README_PARTS]
+
+
+def test_readme_parts_cover_every_block_once():
+    assert sorted(i for part in README_PARTS for i in part) == list(range(len(bash_blocks(ROOT / 'README.md'))))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('page', RUNNABLE, ids=lambda p: rel(p))
-def test_commands_run(page, tmp_path):
+@pytest.mark.parametrize('page, blocks', CASES, ids=lambda c: rel(c) if isinstance(c, Path) else f"blocks{''.join(map(str, c or ()))}")
+def test_commands_run(page, blocks, tmp_path):
     """Each page's commands, in order, in a fresh copy of the project (CPU; small settings)."""
-    ran = run_page(page, tmp_path)
+    ran = run_page(page, tmp_path, blocks)
     assert ran, f"{rel(page)}: no command ran"
