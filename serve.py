@@ -122,6 +122,7 @@ class Engine:
             self.thread.join(timeout=10)
 
     def run(self):
+        new = []  # the requests being let in: not waiting any more, not all active yet
         try:
             while True:
                 with self.cv:
@@ -141,7 +142,7 @@ class Engine:
                         self.leave()
         except Exception as e:  # a bug or an out-of-memory: every request hears of it, the server says why
             print(f"error: the generation thread stopped: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            for s in self.active + list(self.waiting):
+            for s in dict.fromkeys(self.active + new + list(self.waiting)):  # (each once: a prefilled one is in both)
                 s.post(('error', f"generation failed: {type(e).__name__}: {e}"))
             self.active, self.cache = [], None
             self.waiting.clear()
