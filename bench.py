@@ -238,6 +238,18 @@ def _step_memory(step, kind, dev):
     return step_bytes, peak
 
 
+def write_profile(prof, path, steps):
+    """torch.profiler's tables for `steps` steps: operations by their own time on the GPU (where there is
+    one) and on the CPU, so that launch-bound (CPU) and compute-bound (GPU) steps both show what costs."""
+    avg = prof.key_averages()
+    has_cuda = any(getattr(e, 'device_time_total', 0) or getattr(e, 'cuda_time_total', 0) for e in avg)
+    sorts = (['self_cuda_time_total'] if has_cuda else []) + ['self_cpu_time_total', 'cpu_time_total']
+    with cli.atomic_write(path) as f:
+        f.write(f"{steps} steps profiled (times are totals over them)\n")
+        for key in sorts:
+            f.write(f"\nsorted by {key}:\n{avg.table(sort_by=key, row_limit=30, max_name_column_width=70)}\n")
+
+
 def _step_child(spec):
     """One training-step benchmark in this (fresh) process; prints its numbers as one JSON line."""
     import torch
@@ -277,7 +289,7 @@ def _step_child(spec):
                 [torch.profiler.ProfilerActivity.CUDA] if kind == 'cuda' else [])) as prof:
             for _ in range(3):
                 step()
-        training.write_profile(prof, spec['profile'], 3)
+        write_profile(prof, spec['profile'], 3)
     grads = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({'ms': statistics.median(times) * 1000, 'first': first, 'step MB': step_bytes / 2**20,
                       'grads MB': grads / 2**20, 'peak MB': peak / 2**20, 'flops': model.flops_per_token()}))

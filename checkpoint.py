@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from cli import atomic_write, die, fsync_dir
-from training import gather
 from model import GPT, ModelConfig, add_lora, merge_lora
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl', 'loss.png')  # plus ckpt_<iter>.pt: what a run writes in out_dir
@@ -160,6 +159,16 @@ def resume_notes(ckpt, config, world, say):
     if changed:
         say("resuming with changes: " + ", ".join(changed))
     return config['lr_decay_iters']
+
+
+def gather(env, obj):
+    """Every process's obj, as a list indexed by rank (just [obj] without DDP)."""
+    if not env.ddp:
+        return [obj]
+    import torch.distributed as dist
+    objs = [None] * env.world
+    dist.all_gather_object(objs, obj)
+    return objs
 
 
 def rng_state(env, sampler):

@@ -119,9 +119,7 @@ check_settings()
 env = training.init_run(device, dtype, dist_timeout)  # (no width given: float32 on a CPU unless asked)
 say, device = env.say, env.device
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))
-accum = max(1, gradient_accumulation_steps // env.world)  # split over processes, as in train.py
-if accum * env.world != gradient_accumulation_steps:
-    say(f"note: gradient_accumulation_steps={gradient_accumulation_steps} over {env.world} processes -> {accum} each")
+accum = training.split_accum(gradient_accumulation_steps, env)  # micro-steps per process, as in train.py
 
 # ----------------------------------------------------------------------------- the starting model
 ckpt, old_run = start_run(out_dir, 'resume' if init_from == 'resume' else 'scratch', overwrite)
@@ -360,11 +358,6 @@ if env.master and finished:
     say(training.plot_log(out_dir))
     if sample_prompt:  # one reply, through the same template sample.py --chat uses
         messages = ([{'role': 'system', 'content': sample_system}] if sample_system else []) + [{'role': 'user', 'content': sample_prompt}]
-        ids = chat_data.prompt_ids(tok, messages)
-        raw_model.eval()
-        with torch.no_grad(), env.autocast:
-            out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8,
-                                     top_k=200, stop_tokens={im_end, tok.eot}, generator=torch.Generator(device).manual_seed(seed))
-        reply = [t for t in out[0, len(ids):].tolist() if t not in (im_end, tok.eot)]
+        reply = training.end_sample(raw_model, chat_data.prompt_ids(tok, messages), sample_tokens, env, seed, {im_end, tok.eot})
         say(f"sample:\n> {sample_prompt}\n{tok.decode(reply)}")
 training.leave(0)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import cli  # first: it makes errors (even a Ctrl-C during the slow torch import) one line
 from cli import die
@@ -93,9 +93,8 @@ swanlab_project = 'nanolm'
 swanlab_run_name = ''
 # system
 device = 'auto'           # 'auto' = cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'            # 'auto' = bfloat16 where the GPU has it, float16 + GradScaler on older GPUs (T4); on a CPU bfloat16
-                          # autocast if it has AVX512-BF16/AMX and n_embd >= 256, else float32; float32 on MPS. A resumed
-                          # run keeps the dtype it was started in
+dtype = 'auto'            # 'auto' = bf16 on GPUs that have it, fp16 + GradScaler on older ones (T4); on a CPU bf16 with
+                          # AVX512-BF16/AMX and n_embd >= 256, else float32 (training.py:resolve_device); kept on resume
 compile = None            # torch.compile the model; None = on for CUDA on Linux, off elsewhere (says why)
 compile_mode = 'default'  # torch.compile's mode; 'reduce-overhead' replays each step's kernels as CUDA graphs (small models on a GPU)
 gradient_checkpointing = False  # recompute each block's activations (and the loss, in chunks) in backward: less memory, more compute
@@ -136,10 +135,7 @@ if env.dtype_note:
     say(env.dtype_note)
 # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (enabled=False is a no-op).
 scaler = torch.amp.GradScaler(env.device_type, enabled=(env.dtype == 'float16'))
-# accumulation is split over processes: the same tokens per optimizer step whatever the world size
-accum = max(1, gradient_accumulation_steps // env.world)
-if accum * env.world != gradient_accumulation_steps:
-    say(f"note: gradient_accumulation_steps={gradient_accumulation_steps} over {env.world} processes -> {accum} each ({accum * env.world} in all)")
+accum = training.split_accum(gradient_accumulation_steps, env)  # micro-steps per process: the same tokens per step for any world size
 tokens_per_iter = accum * env.world * batch_size * block_size
 
 # ----------------------------------------------------------------------------- data
@@ -183,8 +179,7 @@ if init_from.startswith('hf:'):  # released weights: their architecture replaces
     base, base_tok, _ = load_model('', init_from=init_from, block_size=block_size)
     if not same_tokenizer(base_tok, tok_spec):
         die(f"{init_from} has another tokenizer than {ds_dir}/ (prepare the data with the model's tokenizer: gpt2 for GPT-2)")
-    mcfg = base.cfg
-    mcfg.dropout = dropout
+    mcfg = replace(base.cfg, dropout=dropout)
 if ckpt is not None:
     if base_model:  # a run that started from released weights: its architecture is the checkpoint's, not the settings'
         mcfg = ModelConfig.from_dict({**ckpt['model_config'], 'dropout': dropout})
@@ -343,9 +338,7 @@ if env.master and finished:
         except ValueError as e:  # e.g. a character the char vocabulary has never seen
             say(f"note: sample_prompt cannot be encoded ({e}); sampling from end-of-text instead")
             ids = [tok.eot]
-        raw_model.eval()
-        with averaged(), torch.no_grad(), env.autocast:  # the sample comes from the weights the last eval scored
-            out = raw_model.generate(torch.tensor([ids], device=device), sample_tokens, temperature=0.8, top_k=200,
-                                     stop_tokens={tok.eot}, generator=torch.Generator(device).manual_seed(seed))
-        say("sample:\n" + tok.decode([t for t in out[0].tolist() if t != tok.eot]))
+        with averaged():  # the sample comes from the weights the last eval scored
+            new = training.end_sample(raw_model, ids, sample_tokens, env, seed, {tok.eot})
+        say("sample:\n" + tok.decode([t for t in ids if t != tok.eot] + new))
 training.leave(0)

@@ -3,8 +3,8 @@ What a training run needs around its loop, written once for train.py, finetune_s
 finetune_cls.py (the loops themselves are written out in those scripts):
 
   device     init_run(): device, dtype and autocast, and under torchrun the process group
-  wrapping   wrap_model(): DDP or FSDP2, torch.compile; grad_sync() for accumulation
-  stopping   should_stop() (all processes agree), leave_resumable() and leave()
+  wrapping   wrap_model(): DDP or FSDP2, torch.compile; split_accum() and grad_sync() for accumulation
+  stopping   should_stop() (all processes agree), leave_resumable() and leave(); end_sample()
   schedule   cosine_lr(): warmup, then a cosine or a warmup-stable-decay
   MFU        peak_flops(): a GPU's spec sheet, or a matmul timed here
   the log    open_log(): log.jsonl (+ Weights & Biases / SwanLab); plot_log(): loss.png
@@ -225,6 +225,15 @@ def grad_sync(model, env, on):
             model.require_backward_grad_sync = on
 
 
+def split_accum(steps, env):
+    """gradient_accumulation_steps (summed over all processes) -> this process's micro-steps, so that
+    an optimizer step sees the same tokens whatever the world size; says so when it does not divide."""
+    accum = max(1, steps // env.world)
+    if accum * env.world != steps:
+        env.say(f"note: gradient_accumulation_steps={steps} over {env.world} processes -> {accum} each ({accum * env.world} in all)")
+    return accum
+
+
 def should_stop(env):
     """The signal to stop on (0: go on), agreed by all processes so that they stop at the same step."""
     if not env.ddp:
@@ -236,14 +245,16 @@ def should_stop(env):
     return int(flag.item())
 
 
-def gather(env, obj):
-    """Every process's obj, as a list indexed by rank (just [obj] without DDP)."""
-    if not env.ddp:
-        return [obj]
-    import torch.distributed as dist
-    objs = [None] * env.world
-    dist.all_gather_object(objs, obj)
-    return objs
+def end_sample(model, ids, n_tokens, env, seed, stop_tokens):
+    """The short sample a training script prints at its end: up to n_tokens token ids drawn after
+    the prompt `ids` (temperature 0.8, top_k 200, a fixed seed), stop tokens left out."""
+    import torch
+    model.eval()
+    with torch.no_grad(), env.autocast:
+        out = model.generate(torch.tensor([ids], device=env.device), n_tokens, temperature=0.8, top_k=200,
+                             stop_tokens=stop_tokens, generator=torch.Generator(env.device).manual_seed(seed))
+    return [t for t in out[0, len(ids):].tolist() if t not in stop_tokens]
+
 
 # ----------------------------------------------------------------------------- schedule, FLOPs
 
@@ -273,18 +284,6 @@ def peak_flops(env):
     import torch
     name = torch.cuda.get_device_name(env.device) if env.device_type == 'cuda' else ''
     return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 0.0) or measure_flops(env.device, env.ptdtype)
-
-
-def write_profile(prof, path, steps):
-    """torch.profiler's tables for `steps` steps: operations by their own time on the GPU (where there is
-    one) and on the CPU, so that launch-bound (CPU) and compute-bound (GPU) steps both show what costs."""
-    avg = prof.key_averages()
-    has_cuda = any(getattr(e, 'device_time_total', 0) or getattr(e, 'cuda_time_total', 0) for e in avg)
-    sorts = (['self_cuda_time_total'] if has_cuda else []) + ['self_cpu_time_total', 'cpu_time_total']
-    with atomic_write(path) as f:
-        f.write(f"{steps} steps profiled (times are totals over them)\n")
-        for key in sorts:
-            f.write(f"\nsorted by {key}:\n{avg.table(sort_by=key, row_limit=30, max_name_column_width=70)}\n")
 
 
 def measure_flops(device='cpu', dtype=None, rounds=10, seconds=0.05, n=1024):

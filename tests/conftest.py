@@ -12,9 +12,13 @@ import io
 import json
 import os
 import runpy
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,12 +44,121 @@ def shared_file(name):
 
 
 def run(script, *args, cwd=ROOT, check=True, timeout=300, env=None):
-    """Run one of the project's scripts the way a user does; return the CompletedProcess."""
-    p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """Run one of the project's scripts the way a user does; return the CompletedProcess. The process
+    is forked from a helper that has already imported torch (see ScriptForker): `python script args`
+    from there on, without the seconds of import each run would repeat."""
+    env = {**os.environ, **(env or {})}
+    argv = [str(ROOT / script), *map(str, args)]
+    p = FORKER.run(argv, cwd, env, timeout) if FORKER.usable(env) else subprocess.run(
+        [sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+# The helper's side. It reads one request a line ({argv, cwd, env, stdin, out, err}), forks, and
+# answers the child's pid, then its exit code. The child becomes `python argv...`: the script's folder
+# first on sys.path, the request's cwd, environment, stdin (a file, or /dev/null) and Python's own signal
+# handlers; the script runs as __main__ and the interpreter exits as after any script (SystemExit,
+# an uncaught exception through sys.excepthook, atexit). Nothing of the project is imported before
+# the fork, and the helper runs no torch op (no thread pool to break), so every run starts clean.
+FORK_HELPER = """import gc, json, os, random, runpy, signal, sys
+for name in ('torch', 'torch._dynamo', 'torch.distributed', 'numpy', 'tiktoken'):
+    try:
+        __import__(name)  # (torch._dynamo: torch imports it at the first optimizer, 1-2 s)
+    except ImportError:
+        pass
+threads = os.environ.get('OMP_NUM_THREADS')
+gc.freeze()  # what is here now stays out of every collection: a child's exit does not walk (and copy) torch's objects
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    req = json.loads(line)
+    pid = os.fork()
+    if pid:
+        print(json.dumps({'pid': pid}), flush=True)
+        print(json.dumps({'code': os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+        continue
+    for fd, path, flags in ((0, req['stdin'] or os.devnull, os.O_RDONLY), (1, req['out'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, req['err'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        os.dup2(os.open(path, flags), fd)
+    os.chdir(req['cwd'])
+    os.environ.clear()
+    os.environ.update(req['env'])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    random.seed()
+    if 'torch' in sys.modules and os.environ.get('OMP_NUM_THREADS') != threads:
+        import torch
+        torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count()))
+    sys.argv, script = req['argv'], os.path.abspath(req['argv'][0])
+    sys.path[0] = os.path.dirname(script)
+    runpy.run_path(script, run_name='__main__')
+    sys.exit(0)
+"""
+
+
+class ScriptForker:
+    """`python script args` for run(), forked from a helper process that imported torch once (each
+    fresh interpreter would spend 2-3 s importing torch and torch._dynamo: most of a tiny run).
+    Linux only; NANOLM_TEST_FORK=0 turns it off. A request whose PYTHONPATH differs from this
+    process's (a stand-in package) gets a real subprocess: the helper's sys.path is set."""
+
+    def __init__(self):
+        self.proc, self.lock, self.dir = None, threading.Lock(), None
+
+    def usable(self, env):
+        return (sys.platform == 'linux' and os.environ.get('NANOLM_TEST_FORK', '1') != '0'
+                and env.get('PYTHONPATH') == os.environ.get('PYTHONPATH'))
+
+    def _reply(self, timeout=None):
+        """The helper's next line, as a dict; None after `timeout` s without one."""
+        while b'\n' not in self.buf:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError('the test helper that forks the scripts died')
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b'\n')
+        return json.loads(line)
+
+    def run(self, argv, cwd, env, timeout, input=None):
+        """subprocess.run([python, *argv], cwd, env, timeout, input, capture_output=True, text=True), forked."""
+        with self.lock:
+            if self.proc is None:
+                self.dir = tempfile.mkdtemp(prefix='nanolm-fork-')
+                self.proc = subprocess.Popen([sys.executable, '-c', FORK_HELPER], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, bufsize=0, cwd=ROOT)
+                self.buf = b''
+            out, err, stdin = (os.path.join(self.dir, name) for name in ('out', 'err', 'in'))
+            if input is not None:
+                Path(stdin).write_text(input, encoding='utf-8')
+            req = {'argv': argv, 'cwd': str(cwd), 'env': env, 'stdin': stdin if input is not None else '', 'out': out, 'err': err}
+            self.proc.stdin.write((json.dumps(req) + '\n').encode())
+            pid = self._reply()['pid']
+            reply = self._reply(timeout)
+            if reply is None:  # as subprocess.run does: kill it, then say so
+                os.kill(pid, signal.SIGKILL)
+                self._reply()
+                raise subprocess.TimeoutExpired(argv, timeout)
+            read = lambda p: Path(p).read_text(encoding='utf-8', errors='replace')
+            return subprocess.CompletedProcess([sys.executable, *argv], reply['code'], read(out), read(err))
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+FORKER = ScriptForker()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _close_forker():
+    yield
+    FORKER.close()
 
 
 def make_text(n_lines=600, seed=0):

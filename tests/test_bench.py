@@ -50,7 +50,11 @@ def test_bench_reads_time_to_a_loss_from_a_log(tmp_path):
 @pytest.mark.slow
 def test_bench_step_and_sample_modes_report_their_rows(tmp_path):
     shape = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--vocab_size=64']
-    p = run('bench.py', 'step', *shape, '--steps=1', '--gradient_checkpointing=False,True', f'--json={tmp_path / "s.json"}')
+    p = run('bench.py', 'step', *shape, '--steps=1', '--gradient_checkpointing=False,True', f'--json={tmp_path / "s.json"}',
+            f'--profile={tmp_path / "prof"}')
+    for ckpt in ('False', 'True'):  # torch.profiler's tables, a file per combination
+        table = (tmp_path / f'prof-gradient_checkpointing={ckpt}.txt').read_text()
+        assert table.startswith('3 steps profiled') and 'sorted by self_cpu_time_total' in table and 'aten::' in table
     out = json.loads((tmp_path / 's.json').read_text())
     steps = [r for r in out['rows'] if r['mode'] == 'step']
     assert [r['grad ckpt'] for r in steps] == ['False', 'True'] and all(r['ms/iter'] > 0 and 'activations MB' in r for r in steps)

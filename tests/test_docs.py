@@ -22,6 +22,7 @@ Long runs get small settings appended (FAST below); `--key=value` always wins, w
 import ast
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from conftest import FORKER
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared' / 'data'
@@ -216,7 +219,7 @@ def test_reference_checker_catches_a_wrong_name(tmp_path):
 
 # Small settings appended to long runs: the same path, in seconds.
 FAST = {
-    'train.py': '--max_iters=20 --eval_interval=10 --eval_iters=2 --eval_full_val=False --warmup_iters=5 --log_interval=10 --sample_tokens=20',
+    'train.py': '--max_iters=10 --eval_interval=5 --eval_iters=2 --eval_full_val=False --warmup_iters=5 --log_interval=10 --sample_tokens=20',
     'finetune_sft.py': '--max_iters=10 --eval_interval=5 --eval_iters=2 --warmup_iters=2 --log_interval=5 --sample_tokens=20',
     'finetune_cls.py': '--max_iters=10 --eval_interval=5 --warmup_iters=2 --log_interval=5',
     'sample.py': '--max_new_tokens=20 --num_samples=1',
@@ -350,6 +353,9 @@ def run_page(page, tmp, blocks=None):
         real = adapt(cmd, tmp, PAGE_FAST.get(page.name))
         if 'server' in marks:
             serve_and_stop(real, cwd, env)
+        elif FORKER.usable(env) and re.fullmatch(r'python [\w/.-]+\.py( [^|&;<>$`*?(){}\\]*)?', real):
+            # `python X.py args`, nothing else for the shell to do: forked as conftest.run does (no torch import)
+            p = FORKER.run(shlex.split(real)[1:], cwd, env, 900, input='hello\n')
         else:
             p = subprocess.run(real, shell=True, executable='/bin/bash', cwd=cwd, env=env, input='hello\n',
                                capture_output=True, text=True, timeout=900)

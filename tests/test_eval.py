@@ -268,12 +268,13 @@ def local_task(tmp_path, qs, dev, name='nanolm_local'):
 
 
 def lm_eval_run(model, task_dir, name, shots, **kw):
-    """lm-eval's simple_evaluate, offline -> (acc, acc_norm, {doc_id: [loglikelihood per choice]})."""
+    """lm-eval's simple_evaluate, offline -> (acc, acc_norm, {doc_id: [loglikelihood per choice]}). Only
+    the local task is indexed (include_defaults=False): lm-eval's thousands of its own take ~7 s a time."""
     lm_eval = need('lm_eval')
     from lm_eval.tasks import TaskManager
     os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
     res = lm_eval.simple_evaluate(model=model, tasks=[name], num_fewshot=shots, log_samples=True,
-                                  task_manager=TaskManager(include_path=str(task_dir)), **kw)
+                                  task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), **kw)
     r = res['results'][name]
     lls = {s['doc_id']: [resp[0][0] for resp in s['resps']] for s in res['samples'][name]}
     return r['acc,none'], r['acc_norm,none'], lls
@@ -334,9 +335,12 @@ def test_nanolm_model_class_answers_as_lm_eval_hf(hf_model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('hf_model', ['gpt2'], indirect=True)
 def test_lm_eval_command_line_and_eval_py_lm_eval(hf_model, tmp_path):
     """A nanolm checkpoint on a local lm-eval task, through lm-eval's own command line (harness.py run)
-    and through eval.py --lm_eval: the accuracy eval.py --tasks gives for the same questions."""
+    and through eval.py --lm_eval: the accuracy eval.py --tasks gives for the same questions. One
+    architecture: this is the wiring (each process indexes lm-eval's own tasks, ~7 s); that the model
+    answers lm-eval's requests right for both is test_nanolm_model_class_answers_as_lm_eval_hf."""
     need('lm_eval')
     qs, dev = questions(8, seed=5), questions(4, seed=6)
     task_dir = local_task(tmp_path, qs, dev)

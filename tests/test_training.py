@@ -1,6 +1,7 @@
 """training.py: what a training run needs around its loop. The device and dtype rule (and a resumed
 run keeping its dtype), the LR schedule, log.jsonl (and its trim on resume), loss.png, the trackers
-(Weights & Biases / SwanLab), MFU's peak FLOP/s. Wrapping for DDP/FSDP: tests/test_distributed.py."""
+(Weights & Biases / SwanLab), MFU's peak FLOP/s, split_accum and end_sample. Wrapping for DDP/FSDP: tests/test_distributed.py."""
+import contextlib
 import json
 import sys
 import types
@@ -82,6 +83,28 @@ def test_a_resumed_run_keeps_its_dtype_and_says_so_when_overridden(char_data, tm
     if native:
         assert 'note: the run was started in bfloat16; --dtype=float32 continues it in float32' in p.stdout
     assert '| cpu float32 x1' in p.stdout and torch.load(out / 'ckpt.pt', weights_only=True)['dtype'] == 'float32'
+
+# ----------------------------------------------------------------------------- accumulation, the end sample
+
+
+def test_split_accum_keeps_the_tokens_per_step_and_says_when_it_cannot():
+    said = []
+    two = types.SimpleNamespace(world=2, say=said.append)
+    assert training.split_accum(4, two) == 2 and said == []
+    assert training.split_accum(3, two) == 1 and said == ['note: gradient_accumulation_steps=3 over 2 processes -> 1 each (2 in all)']
+    assert training.split_accum(1, types.SimpleNamespace(world=4, say=said.append)) == 1 and said[-1].endswith('(4 in all)')
+
+
+def test_end_sample_is_seeded_and_leaves_out_the_prompt_and_the_stop_tokens():
+    from conftest import tiny_model
+    model, env = tiny_model(), types.SimpleNamespace(device='cpu', autocast=contextlib.nullcontext())
+    a = training.end_sample(model, [1, 2, 3], 12, env, 5, set())
+    assert len(a) == 12 and not model.training  # 12 new tokens, none of the prompt; in eval mode (no dropout)
+    assert training.end_sample(model, [1, 2, 3], 12, env, 5, set()) == a  # the seed fixes it
+    assert training.end_sample(model, [1, 2, 3], 12, env, 6, set()) != a
+    stop = a[3]
+    assert training.end_sample(model, [1, 2, 3], 12, env, 5, {stop}) == a[:a.index(stop)]  # ends there, stop token left out
+
 
 # ----------------------------------------------------------------------------- the LR schedule
 
