@@ -5,6 +5,9 @@ Test files follow the modules (test_cli.py for cli.py, test_training.py for trai
 Tests that start a script in a subprocess carry @pytest.mark.slow: `pytest -m "not slow"` is the
 quick answer. Shared, expensive things are session fixtures here: char_data (a prepared char
 dataset), tiny_run (one tiny trained run that many tests read or copy), sft_base.
+run() starts a script as `python script args` would, but forked from a helper that imported torch
+once (ScriptForker): each run skips 2-4 s of imports. Tests that need a real process of their own
+(signals to a process group, torchrun, stand-in packages on PYTHONPATH) use subprocess directly.
 No test waits a guessed time: they wait for what a program shows (a line, a file, a stand-in that
 blocks until the test signals it: see start_paused)."""
 import contextlib
